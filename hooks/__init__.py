@@ -1,0 +1,34 @@
+"""imgpipe: the host pipeline's contract (hooks, items, stages) and its reference runner."""
+
+from .config import StageConfig, load_config, parse_config
+from .errors import ConfigError, OptionError, PipelineError, PluginLoadError, RegistrationError
+from .item import Item
+from .manager import PluginManager, make_plugin_manager
+from .markers import PROJECT, hookimpl, hookspec
+from .registry import Register, Stage, StageFactory, StageInfo, StageRegistry
+from .runner import build_pipeline, run_pipeline, run_stages
+
+__all__ = [
+    "PROJECT",
+    "ConfigError",
+    "Item",
+    "OptionError",
+    "PipelineError",
+    "PluginLoadError",
+    "PluginManager",
+    "Register",
+    "RegistrationError",
+    "Stage",
+    "StageConfig",
+    "StageFactory",
+    "StageInfo",
+    "StageRegistry",
+    "build_pipeline",
+    "hookimpl",
+    "hookspec",
+    "load_config",
+    "make_plugin_manager",
+    "parse_config",
+    "run_pipeline",
+    "run_stages",
+]

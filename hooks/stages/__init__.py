@@ -1,0 +1,1 @@
+"""The host's built-in stages, each an ordinary plugin."""

@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from hooks import ConfigError, Item, parse_config
+from hooks.runner import build_pipeline, run_stages
+
+
+def png_bytes(size=(4, 3), colour=(200, 10, 10)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def run(pm, stages, items=()):
+    return list(run_stages(build_pipeline(pm.stages(), parse_config({"stages": stages})), items))
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.png").write_bytes(png_bytes())
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "sub" / "b.png").write_bytes(png_bytes())
+    (folder / ".hidden.png").write_bytes(png_bytes())
+    return folder
+
+
+def test_load_a_folder_yields_every_file_lazily_and_sorted(pm, photos):
+    items = run(pm, [{"stage": "load", "paths": str(photos)}])
+    assert [item.key for item in items] == ["a.png", "notes.txt", "sub/b.png"]
+    assert all(isinstance(item.image, Path) for item in items)
+
+
+def test_load_a_glob_a_file_and_no_duplicates(pm, photos):
+    items = run(
+        pm,
+        [{"stage": "load", "paths": [f"{photos}/**/*.png", str(photos / "a.png")]}],
+    )
+    assert [item.key for item in items] == ["a.png", "sub/b.png"]
+
+
+def test_load_same_relative_path_from_two_folders_keeps_both(pm, tmp_path, photos):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "a.png").write_bytes(png_bytes())
+    items = run(pm, [{"stage": "load", "paths": [str(photos / "a.png"), str(other)]}])
+    assert [item.key for item in items] == ["a.png", str(other / "a.png")]
+
+
+def test_load_passes_upstream_items_first(pm, photos):
+    upstream = [Item("first", png_bytes())]
+    items = run(pm, [{"stage": "load", "paths": str(photos / "a.png")}], upstream)
+    assert [item.key for item in items] == ["first", "a.png"]
+
+
+def test_load_refuses_a_missing_path_before_running(pm, tmp_path):
+    with pytest.raises(ConfigError, match=r"'load': option 'paths': '.*missing' does not exist"):
+        run(pm, [{"stage": "load", "paths": str(tmp_path / "missing")}])
+
+
+def test_load_reads_a_url_over_http(pm, http_server):
+    url = http_server({"/p.png": png_bytes()}) + "/p.png"
+    [item] = run(pm, [{"stage": "load", "paths": url}])
+    assert item.key == url and item.is_url
+    assert item.open().size == (4, 3)
+
+
+def test_save_keeps_the_encoding_byte_for_byte(pm, tmp_path):
+    data = png_bytes()
+    [item] = run(pm, [{"stage": "save", "folder": str(tmp_path / "out")}], [Item("x/a.png", data)])
+    assert (tmp_path / "out" / "x" / "a.png").read_bytes() == data
+    assert item.metadata["saved_path"] == str(tmp_path / "out" / "x" / "a.png")
+
+
+def test_save_converts_format_and_fills_the_name_pattern(pm, tmp_path):
+    source = Item("a.png", png_bytes(), metadata={"variant": 3})
+    stages = [{"stage": "save", "folder": str(tmp_path), "name": "{stem}_v{variant}.{ext}",
+               "format": "jpeg"}]
+    [item] = run(pm, stages, [source])
+    saved = Path(item.metadata["saved_path"])
+    assert saved.name == "a_v3.jpg"
+    assert Image.open(saved).format == "JPEG"
+
+
+def test_save_refuses_two_items_on_one_file(pm, tmp_path):
+    items = [Item("a.png", png_bytes()), Item("a.png", png_bytes())]
+    with pytest.raises(ValueError, match=r"items 'a.png' and 'a.png' would both be written"):
+        run(pm, [{"stage": "save", "folder": str(tmp_path)}], items)
+
+
+def test_save_refuses_a_name_that_leaves_the_folder(pm, tmp_path):
+    with pytest.raises(ValueError, match="leaves the folder"):
+        run(pm, [{"stage": "save", "folder": str(tmp_path)}], [Item("../../evil.png", png_bytes())])
