@@ -80,8 +80,14 @@ def test_save_keeps_the_encoding_byte_for_byte(pm, tmp_path):
 
 def test_save_converts_format_and_fills_the_name_pattern(pm, tmp_path):
     source = Item("a.png", png_bytes(), metadata={"variant": 3})
-    stages = [{"stage": "save", "folder": str(tmp_path), "name": "{stem}_v{variant}.{ext}",
-               "format": "jpeg"}]
+    stages = [
+        {
+            "stage": "save",
+            "folder": str(tmp_path),
+            "name": "{stem}_v{variant}.{ext}",
+            "format": "jpeg",
+        }
+    ]
     [item] = run(pm, stages, [source])
     saved = Path(item.metadata["saved_path"])
     assert saved.name == "a_v3.jpg"
