@@ -14,8 +14,7 @@ from PIL import Image
 
 from hooks import ConfigError, Item, make_plugin_manager, parse_config
 from hooks.runner import build_pipeline, run_pipeline, run_stages
-from kling_expand_plugin.plan import parse_aspect, plan_expansion
-from kling_expand_plugin.prepare import FitError, prepare
+from kling_expand_plugin.prepare import FitError
 from kling_expand_plugin.stage import OutpaintStage
 
 ROOT = Path(__file__).parents[1]
@@ -35,7 +34,7 @@ def run(registry, stages, items=()):
     return list(run_stages(build_pipeline(registry, parse_config({"stages": stages})), items))
 
 
-def test_the_sample_photos_come_back_on_the_planned_canvas_with_the_original_in_place(registry):
+def test_the_sample_photos_come_back_at_16_9_with_the_original_pixels_in_place(registry):
     stages = [{"stage": "load", "paths": str(PHOTOS)}, outpaint(aspect="16:9", area=2.0, n=2)]
     results = run(registry, stages)
     sources = sorted(p.name for p in PHOTOS.iterdir())
@@ -44,16 +43,18 @@ def test_the_sample_photos_come_back_on_the_planned_canvas_with_the_original_in_
     ]
     for result in results:
         meta = result.metadata["outpaint"]
-        upload = prepare(Item(meta["source_key"], PHOTOS / meta["source_key"]))
-        plan = plan_expansion(upload.width, upload.height, aspect=parse_aspect("16:9"), area=2.0)
+        original = Image.open(PHOTOS / meta["source_key"]).convert("RGB")
         image = Image.open(io.BytesIO(result.read_bytes()))
-        assert image.format == "PNG"
-        assert image.size == (plan.canvas.width, plan.canvas.height) == tuple(meta["canvas"])
+        assert image.format == "PNG" and image.size == tuple(meta["canvas"]) == tuple(meta["size"])
         assert image.width / image.height == pytest.approx(16 / 9, abs=0.01)
-        original = Image.open(io.BytesIO(upload.data)).convert("RGB")
-        assert image.crop(plan.canvas.box.as_tuple()).tobytes() == original.tobytes()
-        assert meta["ratios"] == plan.ratios.as_dict()
-        assert meta["task_id"] and meta["units"] and meta["variant"] in (0, 1)
+        assert image.width * image.height == pytest.approx(
+            2 * original.width * original.height, rel=0.01
+        )
+        box = meta["box"]
+        assert (box[2] - box[0], box[3] - box[1]) == original.size
+        assert image.convert("RGB").crop(box).tobytes() == original.tobytes()
+        assert meta["task_ids"] and meta["units"] > 0 and meta["variant"] in (0, 1)
+        assert len(meta["passes"]) == 1 and meta["upload"]["scale"] == 1.0
         assert result.key == f"{Path(meta['source_key']).stem}-{meta['variant']}.png"
 
 
@@ -73,7 +74,8 @@ def test_a_small_image_is_upscaled_before_upload(registry):
     )
     meta = result.metadata["outpaint"]
     assert meta["upload"]["width"] == 400 and meta["upload"]["scale"] == 2.0
-    assert tuple(meta["canvas"]) == (560, 360)
+    assert meta["upload"]["canvas"] == [560, 360]
+    assert meta["canvas"] == [280, 180] and meta["box"] == [40, 15, 240, 165]
 
 
 def test_a_bad_item_is_reported_by_name_and_the_rest_of_the_batch_goes_on(registry, caplog):
@@ -94,7 +96,7 @@ def test_on_error_passthrough_marks_the_item_and_raise_stops(registry):
     items = [Item("notes.txt", b"not an image")]
     [passed] = run(registry, [outpaint(aspect="16:9", on_error="passthrough")], items)
     assert "not an image" in passed.metadata["outpaint"]["error"]
-    with pytest.raises(FitError, match="notes.txt"):
+    with pytest.raises(FitError, match=r"notes\.txt"):
         run(registry, [outpaint(aspect="16:9", on_error="raise")], items)
 
 
@@ -108,9 +110,13 @@ def test_an_image_already_at_the_target_shape_costs_no_task(registry):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({}, "option 'aspect': give exactly one of aspect"),
+        ({}, "option 'aspect': give exactly one of ratios, aspect"),
         ({"aspect": "wide"}, "option 'aspect'"),
-        ({"aspect": "16:9", "area": 5}, "option 'area'"),
+        ({"aspect": "16:9", "area": 0.5}, "option 'area'"),
+        ({"aspect": "16:9", "anchor": "middle"}, "option 'anchor'"),
+        ({"size": "big"}, "option 'size'"),
+        ({"aspect": "16:9", "aspect_policy": "stretch"}, "option 'aspect_policy'"),
+        ({"aspect": "16:9", "background": "nocolour"}, "option 'background'"),
         ({"ratios": [0.5, 0.5]}, "option 'ratios'"),
         ({"ratios": [1, 1, 1, 1]}, "option 'ratios': .*exceeds 3"),
         ({"aspect": "16:9", "n": 12}, "option 'n'"),
@@ -156,7 +162,8 @@ def test_imgpipe_run_exits_1_when_an_item_failed_and_2_on_a_config_error(tmp_pat
     config = tmp_path / "pipeline.toml"
     config.write_text(
         f'[[stages]]\nstage = "load"\npaths = ["{tmp_path / "in"}"]\n'
-        '[[stages]]\nstage = "outpaint"\nendpoint = "local"\naspect = "16:9"\nlocal_latency = 0.05\n'
+        '[[stages]]\nstage = "outpaint"\nendpoint = "local"\naspect = "16:9"\n'
+        "local_latency = 0.05\n"
         f'[[stages]]\nstage = "save"\nfolder = "{tmp_path / "out"}"\n'
     )
     command = [sys.executable, "-m", "hooks.cli", "run", str(config)]

@@ -1,11 +1,20 @@
 from __future__ import annotations
 
 import re
+
 import pluggy
 import pytest
 
-from hooks import ConfigError, Item, OptionError, RegistrationError, hookimpl, hookspecs
-from hooks import make_plugin_manager, parse_config
+from hooks import (
+    ConfigError,
+    Item,
+    OptionError,
+    RegistrationError,
+    hookimpl,
+    hookspecs,
+    make_plugin_manager,
+    parse_config,
+)
 from hooks.runner import build_pipeline, run_stages
 
 from .conftest import upper_keys

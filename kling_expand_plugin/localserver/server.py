@@ -1,0 +1,435 @@
+"""LocalServer: a Kling-compatible HTTP server on loopback, for offline use and for tests.
+
+Routes:
+- `POST /v1/images/editing/expand`: create a task.
+- `GET /v1/images/editing/expand/{id}`: query one task by task_id or external_task_id.
+- `GET /v1/images/editing/expand?external_task_id=X`: the same, by query string.
+- `GET /v1/images/editing/expand?pageNum=&pageSize=`: list tasks, newest first.
+- `GET /local/results/{task_id}/{name}.png`: result images (no token, like a CDN).
+- `GET /local/stats`: counters for tests (no token).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import socket
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from .. import limits
+from .auth import TokenChecker
+from .callbacks import CallbackSender
+from .errors import ApiError, invalid_parameter, invalid_request
+from .faults import Faults
+from .fill import METHODS
+from .ratelimit import RateLimiter
+from .scheduler import Scheduler
+from .tasks import Latency, TaskStore
+from .validation import fetch_image_url, parse_json_object, validate_create
+
+log = logging.getLogger(__name__)
+
+COLLECTION = "/v1/images/editing/expand"
+RESULTS = "/local/results/"
+STATS = "/local/stats"
+
+MAX_BODY_BYTES = 15 * 1024 * 1024
+"""Largest request body: a 10 MB image in base64 (13.4 MiB) plus the other fields."""
+
+DRAIN_LIMIT = 64 * 1024 * 1024
+"""An oversized body up to this size is read and discarded so the client sees the answer."""
+
+_HOST_HEADER = re.compile(r"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
+
+
+class _Dropped(Exception):
+    """The drop-before/drop-after fault: close the connection without an answer."""
+
+
+class LocalServer:
+    """A Kling-compatible server on a background thread; `start()` it, `stop()` it."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        access_key: str | None = None,
+        secret_key: str | None = None,
+        api_keys: Iterable[str] = (),
+        latency: Latency = 1.0,
+        concurrency: int = 10,
+        seed: int = 0,
+        fill_method: str = "mirror-fade",
+        result_ttl: float = 3600.0,
+        faults: Mapping[str, float] | None = None,
+        webhook_secret: str | None = None,
+        rate_limit: int | None = None,
+        slow_create_delay: float = 30.0,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        fetch_timeout: float = 10.0,
+        callback_timeout: float = 5.0,
+    ) -> None:
+        if fill_method not in METHODS:
+            raise ValueError(f"unknown fill method {fill_method!r}; known: {', '.join(METHODS)}")
+        self.host = host
+        self._requested_port = port
+        self.auth = TokenChecker(access_key, secret_key, api_keys)
+        self.faults = Faults(faults or {}, seed)
+        self.rate_limiter = RateLimiter(rate_limit)
+        self.slow_create_delay = slow_create_delay
+        self.max_body_bytes = max_body_bytes
+        self.fetch_timeout = fetch_timeout
+        self._scheduler = Scheduler()
+        self._callbacks = CallbackSender(
+            self.faults, webhook_secret=webhook_secret, timeout=callback_timeout
+        )
+        self.store = TaskStore(
+            concurrency=concurrency,
+            latency=latency,
+            seed=seed,
+            fill_method=fill_method,
+            result_ttl=result_ttl,
+            faults=self.faults,
+            callbacks=self._callbacks,
+            scheduler=self._scheduler,
+        )
+        self.stopping = threading.Event()
+        self._requests: Counter[str] = Counter()
+        self._requests_lock = threading.Lock()
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        return f"LocalServer(host={self.host!r}, port={self.port}, auth={self.auth!r})"
+
+    def __enter__(self) -> LocalServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        """The bound port once started (the requested one before)."""
+        return self._httpd.server_address[1] if self._httpd else self._requested_port
+
+    @property
+    def url(self) -> str:
+        """The base URL, e.g. "http://127.0.0.1:8123"."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def start(self) -> LocalServer:
+        """Bind and serve on a background thread; returns self."""
+        if self._httpd is not None:
+            raise RuntimeError("server already started")
+        self._httpd = _HTTPServer(self)
+        self._scheduler.start()
+        self._callbacks.start()
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, args=(0.05,), name="kling-local-http", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and the background threads; safe to call twice."""
+        if self._httpd is None or self.stopping.is_set():
+            return
+        self.stopping.set()
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._scheduler.stop()
+        self._callbacks.stop()
+        self.store.stop()
+
+    def stats(self) -> dict[str, Any]:
+        """The counters served at GET /local/stats."""
+        with self._requests_lock:
+            requests = dict(self._requests)
+        return {
+            "requests": requests,
+            **self.store.stats(),
+            "faults_fired": self.faults.fired(),
+            "callbacks": self._callbacks.counts(),
+        }
+
+    def count_request(self, endpoint: str) -> None:
+        with self._requests_lock:
+            self._requests[endpoint] += 1
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, app: LocalServer) -> None:
+        self.app = app
+        if ":" in app.host:
+            self.address_family = socket.AF_INET6
+        super().__init__((app.host, app._requested_port), _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _HTTPServer
+    protocol_version = "HTTP/1.1"
+    default_request_version = "HTTP/1.1"  # answer even a garbled request line with a status line
+    timeout = 30  # seconds a client may stall mid-request
+    disable_nagle_algorithm = True  # headers and body go out in two writes
+    server_version = "KlingLocal/1"
+
+    @property
+    def app(self) -> LocalServer:
+        return self.server.app
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def do_PATCH(self) -> None:
+        self._dispatch("PATCH")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    def do_OPTIONS(self) -> None:
+        self._dispatch("OPTIONS")
+
+    def do_HEAD(self) -> None:
+        self.close_connection = True
+        self._dispatch("HEAD")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s " + format, self.address_string(), *args)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Errors found by http.server itself (bad request line, unknown method), as envelopes."""
+        self.close_connection = True
+        if code == 501:
+            self._send_envelope(404, 1202, f"invalid method {self.command!r}", None)
+        else:
+            self._send_envelope(code, 1200, message or "invalid request", None)
+
+    # Routing
+
+    def _dispatch(self, method: str) -> None:
+        try:
+            self._route(method)
+        except _Dropped:
+            self.close_connection = True
+        except ApiError as error:
+            self._send_envelope(error.status, error.code, error.message, None)
+        except Exception:
+            log.exception("unexpected error answering %s %s", method, self.path)
+            self.close_connection = True
+            self._send_envelope(500, 5000, "internal error", None)
+
+    def _route(self, method: str) -> None:
+        parts = urlsplit(self.path)
+        path = parts.path.rstrip("/") or "/"
+        query = parse_qs(parts.query, keep_blank_values=True)
+        if path == STATS:
+            self._local("stats", method, lambda: self._send_json(200, self.app.stats()))
+        elif path.startswith(RESULTS):
+            self._local("results", method, lambda: self._serve_result(path[len(RESULTS) :]))
+        elif path == COLLECTION and method == "POST":
+            self._kling("create", self._create)
+        elif path == COLLECTION and method == "GET" and "external_task_id" in query:
+            external = query["external_task_id"][0]
+            self._kling("query", lambda _: self._query_external(external))
+        elif path == COLLECTION and method == "GET":
+            self._kling("list", lambda _: self._list(query))
+        elif path.startswith(COLLECTION + "/") and "/" not in path[len(COLLECTION) + 1 :]:
+            if method != "GET":
+                self._refuse_method(method)
+            task_id = path[len(COLLECTION) + 1 :]
+            self._kling("query", lambda _: self._query_one(task_id))
+        elif path == COLLECTION:
+            self._refuse_method(method)
+        else:
+            self._read_body()
+            self.app.count_request("other")
+            raise ApiError(1202, 404, f"unknown path {parts.path!r}")
+
+    def _refuse_method(self, method: str) -> None:
+        self._read_body()
+        self.app.count_request("other")
+        raise ApiError(1202, 404, f"invalid method {method} for {urlsplit(self.path).path}")
+
+    def _local(self, endpoint: str, method: str, answer: Callable[[], None]) -> None:
+        if method not in ("GET", "HEAD"):
+            self._refuse_method(method)
+        self._read_body()
+        self.app.count_request(endpoint)
+        answer()
+
+    # The Kling endpoints, with authentication, rate limit and faults
+
+    def _kling(self, endpoint: str, action: Callable[[bytes], Any]) -> None:
+        body = self._read_body()
+        app = self.app
+        app.count_request(endpoint)
+        app.auth.check(self.headers.get("Authorization"))
+        if not app.rate_limiter.allow() or app.faults.fires("throttle"):
+            raise ApiError(1302, 429, "requests too fast: rate limit exceeded")
+        server_error = app.faults.choose("server-error", (5000, 5001, 5002))
+        if server_error == 5001:
+            raise ApiError(5001, 503, "service under maintenance")
+        if app.faults.fires("drop-before"):
+            raise _Dropped
+        try:
+            status, code, message, data = 200, 0, "SUCCEED", action(body)
+        except ApiError as error:
+            status, code, message, data = error.status, error.code, error.message, None
+        if server_error == 5000:
+            status, code, message, data = 500, 5000, "internal error", None
+        elif server_error == 5002:
+            status, code, message, data = 504, 5002, "internal timeout", None
+        if app.faults.fires("drop-after"):
+            raise _Dropped
+        if endpoint == "create" and app.faults.fires("slow-create"):
+            app.stopping.wait(app.slow_create_delay)
+        if app.faults.fires("bad-json"):
+            text = json.dumps(self._envelope(code, message, data)).encode()
+            self._send_bytes(200, "application/json", text[: len(text) // 2])
+            return
+        self._send_envelope(status, code, message, data)
+
+    def _create(self, body: bytes) -> dict[str, Any]:
+        payload = parse_json_object(body)
+        request = validate_create(
+            payload, lambda url: fetch_image_url(url, timeout=self.app.fetch_timeout)
+        )
+        return self.app.store.create(request, self._base_url())
+
+    def _query_one(self, task_or_external_id: str) -> list[dict[str, Any]]:
+        task = self.app.store.find(task_or_external_id)
+        if task is None:
+            raise ApiError(1203, 404, f"task {task_or_external_id!r} does not exist")
+        return [self.app.store.snapshot(task)]
+
+    def _query_external(self, external_task_id: str) -> list[dict[str, Any]]:
+        task = self.app.store.find_external(external_task_id)
+        if task is None:
+            raise ApiError(
+                1203, 404, f"task with external_task_id {external_task_id!r} does not exist"
+            )
+        return [self.app.store.snapshot(task)]
+
+    def _list(self, query: dict[str, list[str]]) -> list[dict[str, Any]]:
+        page_num = _int_param(query, "pageNum", 1, limits.PAGE_NUM_RANGE)
+        page_size = _int_param(query, "pageSize", 30, limits.PAGE_SIZE_RANGE)
+        store = self.app.store
+        return [store.snapshot(task) for task in store.page(page_num, page_size)]
+
+    def _serve_result(self, rest: str) -> None:
+        task_id, _, name = rest.partition("/")
+        image = self.app.store.result_image(task_id, name)
+        if image is None:
+            raise ApiError(1203, 404, "result image does not exist or has expired")
+        if self.app.faults.fires("broken-download"):
+            self.close_connection = True
+            self._send_bytes(200, "image/png", image, cut_at=len(image) // 2)
+            return
+        self._send_bytes(200, "image/png", image)
+
+    # Reading and writing
+
+    def _read_body(self) -> bytes:
+        """The request body, at most max_body_bytes; ApiError 1200 (HTTP 400 or 413) otherwise."""
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            raise invalid_request("chunked request bodies are not supported; send Content-Length")
+        header = self.headers.get("Content-Length")
+        if header is None:
+            return b""
+        try:
+            length = int(header)
+            if length < 0:
+                raise ValueError
+        except ValueError:
+            self.close_connection = True
+            raise invalid_request("Content-Length is not a valid length") from None
+        if length > self.app.max_body_bytes:
+            if length <= DRAIN_LIMIT:
+                self._discard(length)
+            self.close_connection = True
+            raise invalid_request(
+                f"request body is {length} bytes, more than {self.app.max_body_bytes}", 413
+            )
+        body = self.rfile.read(length)
+        if len(body) < length:
+            raise _Dropped
+        return body
+
+    def _discard(self, length: int) -> None:
+        while length > 0:
+            chunk = self.rfile.read(min(length, 1 << 20))
+            if not chunk:
+                return
+            length -= len(chunk)
+
+    def _base_url(self) -> str:
+        """The URL clients reach this server at: the Host header when it is well formed."""
+        host = self.headers.get("Host", "")
+        return f"http://{host}" if _HOST_HEADER.match(host) else self.app.url
+
+    @staticmethod
+    def _envelope(code: int, message: str, data: Any) -> dict[str, Any]:
+        return {"code": code, "message": message, "request_id": uuid.uuid4().hex, "data": data}
+
+    def _send_envelope(self, status: int, code: int, message: str, data: Any) -> None:
+        self._send_json(status, self._envelope(code, message, data))
+
+    def _send_json(self, status: int, payload: Any) -> None:
+        self._send_bytes(status, "application/json", json.dumps(payload).encode())
+
+    def _send_bytes(
+        self, status: int, content_type: str, body: bytes, *, cut_at: int | None = None
+    ) -> None:
+        """Answer with `body`; with `cut_at`, announce all of it but send only that much."""
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body if cut_at is None else body[:cut_at])
+        except OSError:
+            self.close_connection = True
+
+
+def _int_param(
+    query: dict[str, list[str]], name: str, default: int, bounds: tuple[int, int]
+) -> int:
+    values = query.get(name)
+    if not values:
+        return default
+    try:
+        value = int(values[0])
+    except ValueError:
+        raise invalid_parameter(f"{name} must be an integer") from None
+    low, high = bounds
+    if not low <= value <= high:
+        raise invalid_parameter(f"{name} = {value} is outside {low}..{high}")
+    return value

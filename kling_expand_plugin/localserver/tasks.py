@@ -1,0 +1,313 @@
+"""The task store: creating tasks, moving them through their statuses, holding their results.
+
+A task is `submitted` at create, `processing` halfway through its latency, and `succeed` (or
+`failed`) once its latency has passed and its images are rendered. It holds `n` account slots
+from create until it ends. Result images live in memory until `result_ttl` seconds after the
+task ends; then their URLs answer 404.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+from ..geometry import canvas_for
+from .callbacks import CallbackSender
+from .errors import ApiError, invalid_parameter
+from .faults import Faults
+from .fill import fill
+from .scheduler import Scheduler
+from .validation import CreateRequest
+
+log = logging.getLogger(__name__)
+
+Latency = float | Callable[[random.Random], float]
+"""Seconds from submitted to the end: fixed, or drawn per task from a seeded stream."""
+
+FINAL_STATUSES = ("succeed", "failed")
+STATUSES = ("submitted", "processing", *FINAL_STATUSES)
+
+FAILURE_MESSAGES = (
+    "Image pixel is invalid",
+    "Failure to pass the risk control system",
+    "The content of the image does not comply with the platform's content policy",
+)
+"""task_status_msg of a task failed by the `task-failed` fault."""
+
+RENDER_FAILURE_MESSAGE = "Internal error while generating the image"
+
+
+@dataclass
+class Task:
+    """One expand task and everything the server knows about it."""
+
+    task_id: str
+    order: int
+    external_task_id: str
+    n: int
+    watermark: bool
+    callback_url: str | None
+    base_url: str
+    created_at: int
+    updated_at: int
+    status: str = "submitted"
+    status_msg: str = ""
+    failure: str | None = None
+    rendered: bool = False
+    due: bool = False
+    expired: bool = False
+    images: dict[str, bytes] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The task as the API shows it."""
+        images = []
+        if self.status == "succeed":
+            for index in range(self.n):
+                image: dict[str, Any] = {"index": index, "url": self.result_url(f"{index}.png")}
+                if self.watermark:
+                    image["watermark_url"] = self.result_url(f"{index}_wm.png")
+                images.append(image)
+        return {
+            "task_id": self.task_id,
+            "task_status": self.status,
+            "task_status_msg": self.status_msg,
+            "task_info": {"external_task_id": self.external_task_id},
+            "final_unit_deduction": str(self.n) if self.status == "succeed" else "0",
+            "watermark_info": {"enabled": self.watermark},
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "task_result": {"images": images},
+        }
+
+    def result_url(self, name: str) -> str:
+        return f"{self.base_url}/local/results/{self.task_id}/{name}"
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _image_seed(seed: int, task_id: str, index: int) -> int:
+    digest = hashlib.sha256(f"{seed}:{task_id}:{index}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def watermarked(image: Image.Image) -> Image.Image:
+    """A copy of `image` with a visible "KLING LOCAL" mark in the lower right corner."""
+    marked = image.convert("RGBA")
+    overlay = Image.new("RGBA", marked.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(overlay)
+    size = max(12, marked.width // 25)
+    x, y = marked.width - size * 8, marked.height - size * 2
+    draw.rectangle((x - size // 2, y - size // 4, marked.width, marked.height), fill=(0, 0, 0, 96))
+    draw.text((x, y), "KLING LOCAL", fill=(255, 255, 255, 200), font_size=size)
+    return Image.alpha_composite(marked, overlay).convert(image.mode)
+
+
+class TaskStore:
+    """All tasks of the one local account, their slots, results and callbacks."""
+
+    def __init__(
+        self,
+        *,
+        concurrency: int,
+        latency: Latency,
+        seed: int,
+        fill_method: str,
+        result_ttl: float,
+        faults: Faults,
+        callbacks: CallbackSender,
+        scheduler: Scheduler,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1 slot")
+        self._concurrency = concurrency
+        self._latency = latency
+        self._seed = seed
+        self._fill_method = fill_method
+        self._result_ttl = result_ttl
+        self._faults = faults
+        self._callbacks = callbacks
+        self._scheduler = scheduler
+        self._random = random.Random(f"{seed}:tasks")
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kling-local-fill")
+        self._lock = threading.RLock()
+        self._tasks: dict[str, Task] = {}
+        self._by_external: dict[str, Task] = {}
+        self._attempts_by_external: Counter[str] = Counter()
+        self._slots_in_use = 0
+        self._max_slots_in_use = 0
+
+    def stop(self) -> None:
+        """Cancel renders not yet started; a render in progress finishes on its own."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def create(self, request: CreateRequest, base_url: str) -> dict[str, Any]:
+        """A new submitted task holding `n` slots, as JSON; ApiError 1201 (reused id) or 1303."""
+        with self._lock:
+            external = request.external_task_id
+            if external:
+                self._attempts_by_external[external] += 1
+                if external in self._by_external:
+                    raise invalid_parameter(
+                        f"external_task_id {external!r} is already used by another task"
+                    )
+            if self._slots_in_use + request.n > self._concurrency:
+                raise ApiError(
+                    1303,
+                    429,
+                    f"too many tasks running at once: this task needs {request.n} slots, "
+                    f"{self._slots_in_use} of {self._concurrency} are in use",
+                )
+            self._slots_in_use += request.n
+            self._max_slots_in_use = max(self._max_slots_in_use, self._slots_in_use)
+            now = _now_ms()
+            task = Task(
+                task_id=str(self._random.randrange(10**17, 10**18)),
+                order=len(self._tasks),
+                external_task_id=external,
+                n=request.n,
+                watermark=request.watermark,
+                callback_url=request.callback_url,
+                base_url=base_url,
+                created_at=now,
+                updated_at=now,
+            )
+            latency = self._latency(self._random) if callable(self._latency) else self._latency
+            task.failure = self._faults.choose("task-failed", FAILURE_MESSAGES)
+            self._tasks[task.task_id] = task
+            if external:
+                self._by_external[external] = task
+            self._notify(task)
+            created = task.to_json()
+        start = time.monotonic()
+        self._scheduler.at(start + latency / 2, lambda: self._start_processing(task))
+        self._scheduler.at(start + latency, lambda: self._mark_due(task))
+        if task.failure is None:
+            self._pool.submit(self._render, task, request)
+        else:
+            self._mark_rendered(task, {})
+        return created
+
+    def find(self, task_or_external_id: str) -> Task | None:
+        """The task with this task_id, or else with this external_task_id."""
+        with self._lock:
+            return self._tasks.get(task_or_external_id) or self._by_external.get(
+                task_or_external_id
+            )
+
+    def find_external(self, external_task_id: str) -> Task | None:
+        with self._lock:
+            return self._by_external.get(external_task_id)
+
+    def page(self, page_num: int, page_size: int) -> list[Task]:
+        """Page `page_num` (from 1) of all tasks, newest first."""
+        with self._lock:
+            newest_first = sorted(self._tasks.values(), key=lambda task: -task.order)
+        start = (page_num - 1) * page_size
+        return newest_first[start : start + page_size]
+
+    def snapshot(self, task: Task) -> dict[str, Any]:
+        """The task's JSON, taken under the lock so it is consistent."""
+        with self._lock:
+            return task.to_json()
+
+    def result_image(self, task_id: str, name: str) -> bytes | None:
+        """A result PNG, or None when there is none or it has expired."""
+        with self._lock:
+            task = self._tasks.get(task_id)
+            if task is None or task.expired or task.status != "succeed":
+                return None
+            return task.images.get(name)
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            by_status = Counter(task.status for task in self._tasks.values())
+            return {
+                "creates_by_external_id": {external: 1 for external in sorted(self._by_external)},
+                "create_attempts_by_external_id": dict(sorted(self._attempts_by_external.items())),
+                "slots_in_use": self._slots_in_use,
+                "max_slots_in_use": self._max_slots_in_use,
+                "concurrency": self._concurrency,
+                "tasks": {status: by_status.get(status, 0) for status in STATUSES},
+            }
+
+    def _render(self, task: Task, request: CreateRequest) -> None:
+        canvas = canvas_for(request.image.width, request.image.height, request.ratios)
+        images: dict[str, bytes] = {}
+        try:
+            for index in range(task.n):
+                seed = _image_seed(self._seed, task.task_id, index)
+                result = fill(request.image, canvas, seed=seed, method=self._fill_method)
+                images[f"{index}.png"] = _png(result)
+                if task.watermark:
+                    images[f"{index}_wm.png"] = _png(watermarked(result))
+        except Exception:
+            log.exception("rendering task %s failed", task.task_id)
+            with self._lock:
+                task.failure = RENDER_FAILURE_MESSAGE
+            images = {}
+        self._mark_rendered(task, images)
+
+    def _start_processing(self, task: Task) -> None:
+        with self._lock:
+            if task.status == "submitted":
+                self._set_status(task, "processing")
+
+    def _mark_due(self, task: Task) -> None:
+        with self._lock:
+            task.due = True
+            self._finish_if_ready(task)
+
+    def _mark_rendered(self, task: Task, images: dict[str, bytes]) -> None:
+        with self._lock:
+            task.images = images
+            task.rendered = True
+            self._finish_if_ready(task)
+
+    def _finish_if_ready(self, task: Task) -> None:
+        if not (task.due and task.rendered) or task.status in FINAL_STATUSES:
+            return
+        if task.status == "submitted":
+            self._set_status(task, "processing")
+        if task.failure is None:
+            self._set_status(task, "succeed")
+            self._scheduler.at(time.monotonic() + self._result_ttl, lambda: self._expire(task))
+        else:
+            task.status_msg = task.failure
+            task.images = {}
+            self._set_status(task, "failed")
+        self._slots_in_use -= task.n
+
+    def _expire(self, task: Task) -> None:
+        with self._lock:
+            task.expired = True
+            task.images = {}
+
+    def _set_status(self, task: Task, status: str) -> None:
+        task.status = status
+        task.updated_at = max(_now_ms(), task.updated_at)
+        self._notify(task)
+
+    def _notify(self, task: Task) -> None:
+        if task.callback_url is not None:
+            self._callbacks.enqueue(
+                task.callback_url, task.to_json(), final=task.status in FINAL_STATUSES
+            )

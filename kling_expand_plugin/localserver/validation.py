@@ -1,0 +1,230 @@
+"""The create body's rules: a valid body becomes a CreateRequest, anything else an ApiError.
+
+Each message names the field at fault. Cheap fields are checked first, the image last.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from PIL import Image
+
+from .. import limits
+from ..geometry import Ratios
+from .errors import ApiError, invalid_parameter, invalid_request
+
+MAX_PIXELS = 50_000_000
+"""Largest input image this local server decodes (undocumented for Kling; a safety cap)."""
+
+RATIO_FIELDS = (
+    "up_expansion_ratio",
+    "down_expansion_ratio",
+    "left_expansion_ratio",
+    "right_expansion_ratio",
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+Fetcher = Callable[[str], bytes]
+"""Downloads an image URL, raising ApiError (1201) when it cannot."""
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    """A create body that passed every rule."""
+
+    image: Image.Image
+    ratios: Ratios
+    prompt: str
+    n: int
+    watermark: bool
+    callback_url: str | None
+    external_task_id: str
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or ApiError 1200."""
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise invalid_request("request body is not valid JSON") from None
+    if not isinstance(payload, dict):
+        raise invalid_request("request body must be a JSON object")
+    return payload
+
+
+def validate_create(payload: dict[str, Any], fetch: Fetcher) -> CreateRequest:
+    """Check every documented rule of the create body; raise ApiError 1201 naming the field."""
+    ratios = _ratios(payload)
+    prompt = _optional_str(payload, "prompt")
+    if len(prompt) > limits.MAX_PROMPT_CHARS:
+        raise invalid_parameter(
+            f"prompt has {len(prompt)} characters, more than {limits.MAX_PROMPT_CHARS}"
+        )
+    n = _n(payload)
+    watermark = _watermark(payload)
+    callback_url = _optional_str(payload, "callback_url") or None
+    if callback_url is not None and not _is_http_url(callback_url):
+        raise invalid_parameter("callback_url must be an http(s) URL")
+    external_task_id = _optional_str(payload, "external_task_id")
+    image = _image(payload, fetch)
+    return CreateRequest(image, ratios, prompt, n, watermark, callback_url, external_task_id)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _ratios(payload: dict[str, Any]) -> Ratios:
+    values = []
+    for name in RATIO_FIELDS:
+        if payload.get(name) is None:
+            raise invalid_parameter(f"{name} is required")
+        value = payload[name]
+        if not _is_number(value) or not math.isfinite(value):
+            raise invalid_parameter(f"{name} must be a number")
+        values.append(float(value))
+    ratios = Ratios(*values)
+    problems = ratios.problems()
+    if problems:
+        raise invalid_parameter("; ".join(problems))
+    return ratios
+
+
+def _optional_str(payload: dict[str, Any], name: str) -> str:
+    value = payload.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise invalid_parameter(f"{name} must be a string")
+    return value
+
+
+def _n(payload: dict[str, Any]) -> int:
+    value = payload.get("n")
+    if value is None:
+        return 1
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise invalid_parameter("n must be an integer")
+    if not limits.MIN_N <= value <= limits.MAX_N:
+        raise invalid_parameter(f"n = {value} is outside {limits.MIN_N}..{limits.MAX_N}")
+    return value
+
+
+def _watermark(payload: dict[str, Any]) -> bool:
+    value = payload.get("watermark_info")
+    if value is None:
+        return False
+    if not isinstance(value, dict):
+        raise invalid_parameter('watermark_info must be an object {"enabled": boolean}')
+    enabled = value.get("enabled")
+    if not isinstance(enabled, bool):
+        raise invalid_parameter("watermark_info.enabled must be a boolean")
+    return enabled
+
+
+def _is_http_url(text: str) -> bool:
+    parts = urlsplit(text)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def _image(payload: dict[str, Any], fetch: Fetcher) -> Image.Image:
+    value = payload.get("image")
+    if value is None or value == "":
+        raise invalid_parameter("image is required")
+    if not isinstance(value, str):
+        raise invalid_parameter("image must be a string: an http(s) URL or raw base64")
+    if value.startswith("data:"):
+        raise invalid_parameter("image must be raw base64 without a data:...;base64, prefix")
+    if _is_http_url(value):
+        data = fetch(value)
+    elif "://" in value:
+        raise invalid_parameter("image URL must be http or https")
+    else:
+        data = _decode_base64(value)
+    return decode_image(data)
+
+
+def _decode_base64(text: str) -> bytes:
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise invalid_parameter("image is neither an http(s) URL nor valid base64") from None
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """The image file's pixels, after checking size, format, dimensions and aspect ratio."""
+    if len(data) > limits.MAX_FILE_BYTES:
+        raise invalid_parameter(
+            f"image file is {len(data)} bytes, more than {limits.MAX_FILE_BYTES} (10 MB)"
+        )
+    if not (data.startswith(PNG_MAGIC) or data.startswith(JPEG_MAGIC)):
+        raise invalid_parameter("image must be a JPG or PNG file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            if image.format not in limits.FORMATS:
+                raise invalid_parameter("image must be a JPG or PNG file")
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise invalid_parameter(
+                    f"image is {width}x{height}, more than this server's {MAX_PIXELS} pixels"
+                )
+            image.load()
+    except ApiError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Warning):
+        raise invalid_parameter("image file could not be decoded") from None
+    _check_dimensions(image.width, image.height)
+    return image
+
+
+def _check_dimensions(width: int, height: int) -> None:
+    if width < limits.MIN_SIDE or height < limits.MIN_SIDE:
+        raise invalid_parameter(
+            f"image is {width}x{height}; width and height must be at least {limits.MIN_SIDE} px"
+        )
+    aspect = width / height
+    if not limits.MIN_ASPECT - 1e-9 <= aspect <= limits.MAX_ASPECT + 1e-9:
+        raise invalid_parameter(f"image aspect ratio {width}:{height} is outside 1:2.5..2.5:1")
+
+
+def fetch_image_url(url: str, *, timeout: float = 10.0) -> bytes:
+    """Download an image URL within `timeout` seconds in all, at most MAX_FILE_BYTES bytes.
+
+    Raises ApiError 1201 on any failure.
+    """
+    deadline = time.monotonic() + timeout
+    try:
+        with requests.get(url, timeout=timeout, stream=True) as response:
+            if response.status_code != 200:
+                raise invalid_parameter(
+                    f"image URL could not be downloaded: HTTP {response.status_code}"
+                )
+            data = bytearray()
+            for chunk in response.iter_content(chunk_size=65536):
+                data += chunk
+                if time.monotonic() > deadline:
+                    raise invalid_parameter("image URL could not be downloaded: too slow")
+                if len(data) > limits.MAX_FILE_BYTES:
+                    raise invalid_parameter(
+                        f"image file is more than {limits.MAX_FILE_BYTES} bytes (10 MB)"
+                    )
+            return bytes(data)
+    except requests.RequestException as error:
+        raise invalid_parameter(
+            f"image URL could not be downloaded: {type(error).__name__}"
+        ) from None

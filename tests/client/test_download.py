@@ -1,0 +1,97 @@
+"""Downloads: http(s) only, streamed, capped, retried, checked to be images."""
+
+from __future__ import annotations
+
+import pytest
+
+from kling_expand_plugin.client import ExpandRequest
+from kling_expand_plugin.errors import DownloadError
+from kling_expand_plugin.geometry import Ratios
+
+from .conftest import FAST_POLL, png_bytes
+from .scripted import Answer, scripted_server, sequence
+
+PNG = png_bytes(64, 48)
+
+
+def finished_task(local_server, make_client, image_b64, **server_settings):
+    server = local_server(**server_settings)
+    client = make_client(server.url)
+    task = client.create(ExpandRequest(image=image_b64, ratios=Ratios(0.1, 0.1, 0.2, 0.2)))
+    return server, client, client.wait(task, schedule=FAST_POLL, timeout=10)
+
+
+def test_download_to_a_file(local_server, make_client, image_b64, tmp_path):
+    _server, client, task = finished_task(local_server, make_client, image_b64)
+    dest = tmp_path / "out" / "result.png"
+    assert client.download(task.images[0].url, dest=dest) == dest
+    assert dest.read_bytes().startswith(b"\x89PNG")
+    assert [p.name for p in dest.parent.iterdir()] == ["result.png"]
+
+
+def test_cut_off_download_is_retried(local_server, make_client, image_b64):
+    server, client, task = finished_task(
+        local_server, make_client, image_b64, faults={"broken-download": 0.5}, seed=1
+    )
+    for _ in range(4):
+        assert client.download(task.images[0].url).startswith(b"\x89PNG")
+    assert server.stats()["faults_fired"]["broken-download"] > 0
+
+
+def test_always_cut_off_download_fails_and_leaves_no_file(
+    local_server, make_client, image_b64, tmp_path
+):
+    server, client, task = finished_task(
+        local_server, make_client, image_b64, faults={"broken-download": 1.0}
+    )
+    with pytest.raises(DownloadError, match=r"IncompleteRead|ChunkedEncoding|cut off") as caught:
+        client.download(task.images[0].url, dest=tmp_path / "r.png")
+    assert caught.value.retryable
+    assert list(tmp_path.iterdir()) == []
+    assert server.stats()["requests"]["results"] == 6  # every attempt of the policy
+
+
+def test_too_large_is_refused_without_retrying(local_server, make_client, image_b64):
+    server, client, task = finished_task(local_server, make_client, image_b64)
+    with pytest.raises(DownloadError, match="cap") as caught:
+        client.download(task.images[0].url, max_bytes=1000)
+    assert not caught.value.retryable
+    assert server.stats()["requests"]["results"] == 1
+
+
+def test_too_large_without_content_length(make_client):
+    with scripted_server(sequence(Answer(200, PNG, send_length=False))) as (url, server):
+        client = make_client(url)
+        with pytest.raises(DownloadError, match="cap"):
+            client.download(url + "/r.png", max_bytes=100)
+        assert client.download(url + "/r.png") == PNG
+    assert len(server.seen) == 2
+
+
+def test_not_an_image(make_client):
+    not_image = sequence(Answer(200, b"<html>oops</html>"))
+    with (
+        scripted_server(not_image) as (url, server),
+        pytest.raises(DownloadError, match="not a readable image"),
+    ):
+        make_client(url).download(url + "/r.png")
+    assert len(server.seen) == 6
+
+
+def test_http_errors_and_retries(make_client):
+    with scripted_server(sequence(Answer(503), Answer(200, PNG))) as (url, server):
+        assert make_client(url).download(url + "/r.png?sig=abc") == PNG
+    assert "Authorization" not in server.seen[0].headers
+    with (
+        scripted_server(sequence(Answer(403))) as (url, server),
+        pytest.raises(DownloadError, match="HTTP 403") as caught,
+    ):
+        make_client(url).download(url + "/r.png?X-Signature=topsecret")
+    assert len(server.seen) == 1
+    assert "topsecret" not in str(caught.value)
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://host/x.png", "/local/path.png"])
+def test_only_http_urls(make_client, url):
+    with pytest.raises(DownloadError, match=r"http\(s\) only"):
+        make_client("http://127.0.0.1:9").download(url)
