@@ -6,9 +6,12 @@ import base64
 import contextlib
 import io
 import logging
+import os
 import secrets
+import tempfile
+import time
 from collections.abc import Iterable, Iterator
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from PIL import Image, ImageColor
@@ -17,28 +20,35 @@ from hooks import Item, OptionError
 
 from . import limits
 from .auth import Credentials
-from .client import DEFAULT_BASE_URL, ExpandRequest, KlingClient
+from .client import DEFAULT_BASE_URL, ExpandRequest, KlingClient, PollSchedule, RetryPolicy
 from .errors import CredentialsError
 from .geometry import Ratios, canvas_for
-from .models import Task
+from .ledger import Ledger
+from .ledger import default_path as default_ledger_path
 from .plan import MAX_AREA, Plan, PlanError, Target, parse_anchor, parse_aspect, parse_size
 from .prepare import (
     ANIMATED_POLICIES,
     DEFAULT_MAX_PIXELS,
-    Decoded,
     FitError,
     FitOptions,
     Upload,
     encode_within_limit,
     prepare,
 )
-from .stitch import canvas_at_original, stitch
+from .slots import Slots
+from .stitch import generated_mask, stitch
+from .taskrunner import BudgetReached, Outcome, TaskRunner
 from .window import windowed_map
 
 log = logging.getLogger(__name__)
 
 ON_ERROR = ("skip", "raise", "passthrough")
 ORDERS = ("input", "completed")
+WEBHOOK_SECRET_ENV = "KLING_WEBHOOK_SECRET"
+
+POLLING = PollSchedule(first=2.0, factor=1.3, longest=5.0)
+"""Tasks take tens of seconds and queries are not rate limited: look every few seconds."""
+LOCAL_POLLING = PollSchedule(first=0.05, factor=1.5, longest=0.5)
 
 
 class OutpaintStage:
@@ -65,7 +75,13 @@ class OutpaintStage:
         concurrency: int = 4,
         order: str = "input",
         on_error: str = "skip",
+        ledger: str = "auto",
+        budget: float | None = None,
+        callback: str | None = None,
+        callback_url: str | None = None,
         timeout: float = 6 * 3600,
+        blend: int = 8,
+        colour_match: bool = False,
         animated: str = "first",
         background: str | list[int] = "white",
         max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -90,14 +106,9 @@ class OutpaintStage:
             raise OptionError("prompt", f"must be text of at most {limits.MAX_PROMPT_CHARS} chars")
         if not isinstance(concurrency, int) or concurrency < n:
             raise OptionError("concurrency", f"{concurrency!r} slots cannot run one task of n={n}")
-        if order not in ORDERS:
-            raise OptionError("order", f"{order!r} is not one of {', '.join(ORDERS)}")
-        if on_error not in ON_ERROR:
-            raise OptionError("on_error", f"{on_error!r} is not one of {', '.join(ON_ERROR)}")
-        if animated not in ANIMATED_POLICIES:
-            raise OptionError(
-                "animated", f"{animated!r} is not one of {', '.join(ANIMATED_POLICIES)}"
-            )
+        _one_of("order", order, ORDERS)
+        _one_of("on_error", on_error, ON_ERROR)
+        _one_of("animated", animated, ANIMATED_POLICIES)
         self.fit_options = FitOptions(
             animated=animated,
             background=_colour(background),
@@ -111,7 +122,20 @@ class OutpaintStage:
         self.n, self.prompt, self.watermark = n, prompt, bool(watermark)
         self.concurrency, self.order, self.on_error = concurrency, order, on_error
         self.timeout = _number("timeout", timeout, low=1.0)
+        self.blend = _whole("blend", blend, low=0, high=256)
+        self.colour_match = bool(colour_match)
+        self.budget = _number("budget", budget, low=0.0) if budget is not None else None
         self.local_latency = _number("local_latency", local_latency, low=0.0)
+        if not isinstance(ledger, str) or not ledger:
+            raise OptionError("ledger", 'give "auto" or the path of a SQLite file')
+        self.ledger_path = ledger
+        self.callback = _address(callback) if callback is not None else None
+        if callback_url is not None and not callback_url.startswith(("http://", "https://")):
+            raise OptionError("callback_url", f"{callback_url!r} is not an http(s) URL")
+        if callback_url is not None and callback is None:
+            raise OptionError("callback_url", "goes with callback (the address to listen on)")
+        self.callback_url = callback_url
+        self.webhook_secret = os.environ.get(WEBHOOK_SECRET_ENV) or None
         self.endpoint = endpoint
         if endpoint == "local":
             self.credentials = None
@@ -122,54 +146,124 @@ class OutpaintStage:
                 self.credentials = Credentials.from_env()
             except CredentialsError as exc:
                 raise OptionError("endpoint", f"{endpoint} needs credentials: {exc}") from None
+        self.summary: dict[str, Any] = {}
 
     def __call__(self, items: Iterable[Item]) -> Iterator[Item]:
-        with self._client() as client:
+        started = time.monotonic()
+        counts = {"done": 0, "failed": 0, "skipped": 0, "results": 0}
+        with contextlib.ExitStack() as stack:
+            runner = self._runner(stack)
+            tasks_at_once = self.concurrency // self.n
             results = windowed_map(
-                lambda item: self._expand(client, item),
+                lambda item: self._expand(runner, item),
                 items,
-                window=self.concurrency // self.n,
+                window=2 * tasks_at_once,  # the second half prepares and downloads meanwhile
                 ordered=self.order == "input",
             )
-            failed = 0
-            for item, future in results:
-                error = future.exception()
-                if error is None:
-                    yield from future.result()
-                    continue
-                failed += 1
-                if self.on_error == "raise":
-                    raise error
-                log.error("outpaint: %s", _describe(item, error))
-                if self.on_error == "passthrough":
-                    item.metadata["outpaint"] = {"error": str(error)}
-                    yield item
-            if failed:
-                log.error("outpaint: %d item(s) failed; see the errors above", failed)
+            try:
+                for item, future in results:
+                    error = future.exception()
+                    if error is None:
+                        counts["done"] += 1
+                        for result in future.result():
+                            counts["results"] += 1
+                            yield result
+                        continue
+                    counts["skipped" if isinstance(error, BudgetReached) else "failed"] += 1
+                    if self.on_error == "raise":
+                        raise error
+                    log.error("outpaint: %s", _describe(item, error))
+                    if self.on_error == "passthrough":
+                        item.metadata["outpaint"] = {"error": str(error)}
+                        yield item
+            finally:
+                self.summary = {
+                    **counts,
+                    "units": runner.tally.units,
+                    "created": runner.tally.created,
+                    "reattached": runner.tally.reattached,
+                    "from_ledger": runner.tally.from_ledger,
+                    "max_slots_in_use": runner.slots.max_in_use,
+                    "seconds": round(time.monotonic() - started, 3),
+                }
+                log.info(
+                    "outpaint: %(done)d done, %(failed)d failed, %(skipped)d skipped "
+                    "(budget), %(results)d results, %(units)g units, %(created)d tasks "
+                    "created, %(from_ledger)d read back from the ledger, %(seconds).1f s",
+                    self.summary,
+                )
+                if counts["failed"] or counts["skipped"]:
+                    log.error(
+                        "outpaint: %d item(s) failed and %d skipped; see the errors above",
+                        counts["failed"],
+                        counts["skipped"],
+                    )
 
-    @contextlib.contextmanager
-    def _client(self) -> Iterator[KlingClient]:
-        """A client for the endpoint; for "local", an embedded server for the stage's lifetime."""
-        if self.endpoint != "local":
-            with KlingClient(self.endpoint, self.credentials, pool_size=self.concurrency) as client:
-                yield client
-            return
-        from .localserver import LocalServer
+    def _runner(self, stack: contextlib.ExitStack) -> TaskRunner:
+        """The client, ledger, receiver and slots of one run, closed by `stack` at its end."""
+        if self.endpoint == "local":
+            from .localserver import LocalServer
 
-        access_key, secret_key = secrets.token_hex(8), secrets.token_hex(16)
-        server = LocalServer(
-            access_key=access_key,
-            secret_key=secret_key,
-            latency=self.local_latency,
-            concurrency=self.concurrency,
-        )
-        credentials = Credentials(access_key=access_key, secret_key=secret_key)
-        with server, KlingClient(server.url, credentials, pool_size=self.concurrency) as client:
+            access_key, secret_key = secrets.token_hex(8), secrets.token_hex(16)
+            server = stack.enter_context(
+                LocalServer(
+                    access_key=access_key,
+                    secret_key=secret_key,
+                    latency=self.local_latency,
+                    concurrency=self.concurrency,
+                    webhook_secret=self.webhook_secret,
+                )
+            )
             log.info("outpaint: local Kling server at %s", server.url)
-            yield client
+            credentials = Credentials(access_key=access_key, secret_key=secret_key)
+            url, endpoint_key = server.url, "local"
+            schedule = LOCAL_POLLING
+        else:
+            assert self.credentials is not None
+            credentials, url, endpoint_key = self.credentials, self.endpoint, self.endpoint
+            schedule = POLLING
+        client = stack.enter_context(
+            KlingClient(
+                url,
+                credentials,
+                pool_size=self.concurrency * 2,
+                retry=RetryPolicy(retry_concurrency=False),
+            )
+        )
+        ledger = Ledger(self._ledger_file(stack))
+        stack.callback(ledger.close)
+        log.info("outpaint: ledger %s", ledger.path)
+        receiver = None
+        if self.callback is not None:
+            from .receiver import CallbackReceiver
 
-    def _expand(self, client: KlingClient, item: Item) -> list[Item]:
-        """The whole life of one item: prepare, plan, create, wait, download, stitch."""
+            host, port = self.callback
+            receiver = stack.enter_context(
+                CallbackReceiver(
+                    host, port, public_url=self.callback_url, webhook_secret=self.webhook_secret
+                )
+            )
+        return TaskRunner(
+            client,
+            ledger,
+            endpoint_key,
+            slots=Slots(self.concurrency),
+            timeout=self.timeout,
+            schedule=schedule,
+            budget=self.budget,
+            receiver=receiver,
+        )
+
+    def _ledger_file(self, stack: contextlib.ExitStack) -> Path:
+        if self.ledger_path != "auto":
+            return Path(self.ledger_path)
+        if self.endpoint == "local":  # nothing is paid, and the server's tasks end with the run
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="kling-ledger-"))
+            return Path(folder) / "ledger.sqlite"
+        return default_ledger_path()
+
+    def _expand(self, runner: TaskRunner, item: Item) -> list[Item]:
+        """The whole life of one item: prepare, plan, run the calls, stitch."""
         decoded, upload, plan = prepare(item, self.target, self.fit_options)
         if plan.is_empty:
             log.info("outpaint: %s already has the target shape; passed through", item.key)
@@ -177,26 +271,45 @@ class OutpaintStage:
             return [item]
         if not plan.passes:
             log.warning("outpaint: %s: the target was reached by padding alone", item.key)
-        variants, tasks = self._run_passes(client, item, upload, plan)
+        variants, outcomes = self._run_passes(runner, item, upload, plan)
         stem = PurePosixPath(item.key).with_suffix("").as_posix()
         results = []
         for variant, expanded in enumerate(variants):
-            image = stitch(expanded, plan, decoded, upload.scale)
+            image, canvas = stitch(
+                expanded,
+                plan,
+                decoded,
+                upload.scale,
+                blend=self.blend,
+                match_colour=self.colour_match,
+            )
             metadata = {
                 **item.metadata,
                 "variant": variant,
-                "outpaint": _metadata(item, variant, plan, upload, tasks, decoded, image),
+                "outpaint": {
+                    "source_key": item.key,
+                    "variant": variant,
+                    "task_ids": [outcome.task_id for outcome in outcomes],
+                    "external_task_ids": [outcome.external_id for outcome in outcomes],
+                    "units": sum(outcome.units or 0.0 for outcome in outcomes),
+                    "from_ledger": all(outcome.from_ledger for outcome in outcomes),
+                    "passes": [ratios.as_dict() for ratios in plan.passes],
+                    "canvas": [canvas.width, canvas.height],
+                    "box": list(canvas.box.as_tuple()),
+                    "mask": _png(generated_mask(canvas)),
+                    "upload": _upload_metadata(upload, plan),
+                },
             }
             results.append(Item(f"{stem}-{variant}.png", _png(image), "image/png", metadata))
         return results
 
     def _run_passes(
-        self, client: KlingClient, item: Item, upload: Upload, plan: Plan
-    ) -> tuple[list[Image.Image], list[Task]]:
+        self, runner: TaskRunner, item: Item, upload: Upload, plan: Plan
+    ) -> tuple[list[Image.Image], list[Outcome]]:
         """The last call's output for each variant (n from the first call, one call each after)."""
         if not plan.passes:
             return [Image.open(io.BytesIO(upload.data))], []
-        tasks: list[Task] = []
+        outcomes: list[Outcome] = []
         inputs = [upload.image_field()]
         size = plan.upload_size
         for number, ratios in enumerate(plan.passes):
@@ -209,21 +322,20 @@ class OutpaintStage:
                     n=self.n if number == 0 else 1,
                     watermark=self.watermark,
                 )
-                task = client.wait(client.create(request), timeout=self.timeout)
-                tasks.append(task)
-                log.info(
-                    "outpaint: %s: pass %d/%d, task %s %s, %d image(s), %s unit(s)",
+                outcome = runner.run(item.key, request)
+                outcomes.append(outcome)
+                log.debug(
+                    "outpaint: %s: pass %d/%d, task %s, %d image(s), %s unit(s)",
                     item.key,
                     number + 1,
                     len(plan.passes),
-                    task.task_id,
-                    task.status.value,
-                    len(task.images),
-                    task.units,
+                    outcome.task_id,
+                    len(outcome.images),
+                    outcome.units,
                 )
-                outputs += [_open(client.download(image.url)) for image in task.images]
+                outputs += [_open(data) for data in outcome.images]
             if number + 1 == len(plan.passes):
-                return outputs, tasks
+                return outputs, outcomes
             grown = canvas_for(*size, ratios)
             size = (grown.width, grown.height)
             inputs = [_next_input(item.key, output, size) for output in outputs]
@@ -240,42 +352,17 @@ def _next_input(key: str, output: Image.Image, size: tuple[int, int]) -> str:
     return base64.b64encode(encoded[0]).decode("ascii")
 
 
-def _metadata(
-    item: Item,
-    variant: int,
-    plan: Plan,
-    upload: Upload,
-    tasks: list[Task],
-    decoded: Decoded,
-    image: Image.Image,
-) -> dict[str, Any]:
-    content = (
-        decoded.original.size
-        if plan.crop is None
-        else (round(plan.crop.width / upload.scale), round(plan.crop.height / upload.scale))
-    )
-    canvas = canvas_at_original(plan.canvas, upload.scale, content)
+def _upload_metadata(upload: Upload, plan: Plan) -> dict[str, Any]:
     return {
-        "source_key": item.key,
-        "variant": variant,
-        "task_ids": [task.task_id for task in tasks],
-        "external_task_ids": [task.external_task_id for task in tasks],
-        "units": sum(task.units_value or 0.0 for task in tasks),
-        "passes": [ratios.as_dict() for ratios in plan.passes],
-        "size": list(image.size),
-        "canvas": [canvas.width, canvas.height],
-        "box": list(canvas.box.as_tuple()),
-        "upload": {
-            "width": upload.width,
-            "height": upload.height,
-            "format": upload.format,
-            "scale": upload.scale,
-            "crop": list(plan.crop.as_tuple()) if plan.crop else None,
-            "pad": list(plan.pad),
-            "canvas": [plan.canvas.width, plan.canvas.height],
-            "box": list(plan.canvas.box.as_tuple()),
-            "changes": list(upload.changes),
-        },
+        "width": upload.width,
+        "height": upload.height,
+        "format": upload.format,
+        "scale": upload.scale,
+        "crop": list(plan.crop.as_tuple()) if plan.crop else None,
+        "pad": list(plan.pad),
+        "canvas": [plan.canvas.width, plan.canvas.height],
+        "box": list(plan.canvas.box.as_tuple()),
+        "changes": list(upload.changes),
     }
 
 
@@ -293,6 +380,18 @@ def _png(image: Image.Image) -> bytes:
 
 def _describe(item: Item, error: BaseException) -> str:
     return f"item {item.key!r}: {type(error).__name__}: {error}"
+
+
+def _one_of(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise OptionError(name, f"{value!r} is not one of {', '.join(allowed)}")
+
+
+def _address(value: str) -> tuple[str, int]:
+    host, _, port = str(value).rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise OptionError("callback", f"{value!r} is not HOST:PORT, such as 0.0.0.0:8787")
+    return host.strip("[]"), int(port)
 
 
 def _area(value: float | str | None) -> float | str | None:

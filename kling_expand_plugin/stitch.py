@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 from PIL import Image, ImageCms
 
 from .geometry import Box, Canvas
@@ -31,32 +32,100 @@ def content_of(original: Image.Image, plan: Plan, scale: float) -> Image.Image:
     return original.crop((left, top, right, bottom))
 
 
-def stitch(expanded: Image.Image, plan: Plan, decoded: Decoded, scale: float) -> Image.Image:
+def stitch(
+    expanded: Image.Image,
+    plan: Plan,
+    decoded: Decoded,
+    scale: float,
+    *,
+    blend: int = 8,
+    match_colour: bool = False,
+) -> tuple[Image.Image, Canvas]:
     """The user's canvas cut from `expanded`, at the original's resolution, original pasted in.
 
     `expanded` is the last call's output (or the padded upload when no call was needed); it is
-    brought to its nominal size first, since the API does not promise the exact size. The
-    original's pixels, alpha included, replace whatever the API returned in their rectangle;
-    an original with an ICC profile keeps it, and the generated area is converted into it.
+    brought to its nominal size first, since the API does not promise the exact size. With
+    `match_colour`, the generated area's colours are shifted so that the API's rendering of the
+    original matches the original. Within `blend` pixels of the original, the generated area is
+    corrected by the difference between the original and the API's rendering of its edge, so
+    that no seam shows. Then the original's pixels, alpha included, replace whatever the API
+    returned in their rectangle; an original with an ICC profile keeps it, and the generated
+    area is converted into it. Returns the image and its canvas (size and original's box).
     """
-    original = decoded.original
     nominal = (plan.expanded.width, plan.expanded.height)
     if expanded.size != nominal:
         expanded = expanded.resize(nominal, Image.Resampling.LANCZOS)
     cut = expanded.convert("RGB").crop(plan.canvas_in_expanded.as_tuple())
-    content = content_of(original, plan, scale)
+    content = content_of(decoded.original, plan, scale)
     target = canvas_at_original(plan.canvas, scale, content.size)
     if cut.size != (target.width, target.height):
         cut = cut.resize((target.width, target.height), Image.Resampling.LANCZOS)
+    if match_colour:
+        cut = _match_colour(cut, target.box, content_of(decoded.image, plan, scale))
     if decoded.icc_profile is not None:
         profile = ImageCms.ImageCmsProfile(io.BytesIO(decoded.icc_profile))
         converted = ImageCms.profileToProfile(cut, SRGB, profile, outputMode="RGB")
         assert converted is not None
         cut = converted
-        cut.info["icc_profile"] = decoded.icc_profile
+    if blend > 0:
+        cut = _blend_seam(cut, content, target.box, blend)
     if content.mode == "RGBA":
         cut = cut.convert("RGBA")
     cut.paste(content, (target.box.left, target.box.top))
+    if decoded.icc_profile is not None:
+        cut.info["icc_profile"] = decoded.icc_profile
     if plan.output_size is not None:
+        factor_x = plan.output_size[0] / target.width
+        factor_y = plan.output_size[1] / target.height
         cut = cut.resize(plan.output_size, Image.Resampling.LANCZOS)
-    return cut
+        box = target.box
+        target = Canvas(
+            *plan.output_size,
+            Box(
+                round(box.left * factor_x),
+                round(box.top * factor_y),
+                round(box.width * factor_x),
+                round(box.height * factor_y),
+            ),
+        )
+    return cut, target
+
+
+def generated_mask(canvas: Canvas) -> Image.Image:
+    """An L image of the canvas: 255 where pixels were generated, 0 where the original is."""
+    mask = Image.new("L", (canvas.width, canvas.height), 255)
+    mask.paste(0, canvas.box.as_tuple())
+    return mask
+
+
+def _match_colour(cut: Image.Image, box: Box, reference: Image.Image) -> Image.Image:
+    """Shift each channel by the mean error of the API's rendering of the original (sRGB)."""
+    rendered = np.asarray(cut.crop(box.as_tuple()), dtype=np.float32)
+    shift = np.asarray(reference.convert("RGB"), dtype=np.float32).mean((0, 1)) - rendered.mean(
+        (0, 1)
+    )
+    shifted = np.clip(np.asarray(cut, dtype=np.float32) + shift, 0, 255)
+    return Image.fromarray((shifted + 0.5).astype(np.uint8), "RGB")
+
+
+def _blend_seam(cut: Image.Image, content: Image.Image, box: Box, width: int) -> Image.Image:
+    """Carry the difference between the original's edge and the API's rendering of it
+    outwards, fading to nothing over `width` pixels."""
+    pixels = np.asarray(cut, dtype=np.float32)
+    rendered = pixels[box.top : box.bottom, box.left : box.right]
+    original = np.asarray(content.convert("RGB"), dtype=np.float32)
+    difference = original - rendered
+    top, left = max(box.top - width, 0), max(box.left - width, 0)
+    bottom = min(box.bottom + width, pixels.shape[0])
+    right = min(box.right + width, pixels.shape[1])
+    pad = ((box.top - top, bottom - box.bottom), (box.left - left, right - box.right), (0, 0))
+    spread = np.pad(difference, pad, mode="edge")
+    rows = np.arange(top, bottom, dtype=np.float32)[:, None]
+    cols = np.arange(left, right, dtype=np.float32)[None, :]
+    dy = np.maximum(np.maximum(box.top - rows, rows - (box.bottom - 1)), 0)
+    dx = np.maximum(np.maximum(box.left - cols, cols - (box.right - 1)), 0)
+    weight = np.clip(1.0 - np.hypot(dx, dy) / (width + 1), 0.0, 1.0)[..., None]
+    region = pixels[top:bottom, left:right]
+    pixels = pixels.copy()
+    pixels[top:bottom, left:right] = np.clip(region + spread * weight, 0, 255)
+    return Image.fromarray((pixels + 0.5).astype(np.uint8), "RGB")

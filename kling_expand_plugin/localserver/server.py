@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from .. import limits
 from .auth import TokenChecker
@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 COLLECTION = "/v1/images/editing/expand"
 RESULTS = "/local/results/"
 STATS = "/local/stats"
+
+ENDPOINTS = ("create", "query", "list", "results", "stats", "other")
+"""The names requests are counted under in the stats."""
 
 MAX_BODY_BYTES = 15 * 1024 * 1024
 """Largest request body: a 10 MB image in base64 (13.4 MiB) plus the other fields."""
@@ -103,7 +106,7 @@ class LocalServer:
             scheduler=self._scheduler,
         )
         self.stopping = threading.Event()
-        self._requests: Counter[str] = Counter()
+        self._requests: Counter[str] = Counter(dict.fromkeys(ENDPOINTS, 0))
         self._requests_lock = threading.Lock()
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -260,7 +263,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif path.startswith(COLLECTION + "/") and "/" not in path[len(COLLECTION) + 1 :]:
             if method != "GET":
                 self._refuse_method(method)
-            task_id = path[len(COLLECTION) + 1 :]
+            task_id = unquote(path[len(COLLECTION) + 1 :])
             self._kling("query", lambda _: self._query_one(task_id))
         elif path == COLLECTION:
             self._refuse_method(method)

@@ -176,6 +176,7 @@ class TaskStore:
                     f"too many tasks running at once: this task needs {request.n} slots, "
                     f"{self._slots_in_use} of {self._concurrency} are in use",
                 )
+            latency = self._latency(self._random) if callable(self._latency) else self._latency
             self._slots_in_use += request.n
             self._max_slots_in_use = max(self._max_slots_in_use, self._slots_in_use)
             now = _now_ms()
@@ -190,7 +191,6 @@ class TaskStore:
                 created_at=now,
                 updated_at=now,
             )
-            latency = self._latency(self._random) if callable(self._latency) else self._latency
             task.failure = self._faults.choose("task-failed", FAILURE_MESSAGES)
             self._tasks[task.task_id] = task
             if external:

@@ -134,3 +134,16 @@ def test_bad_arguments_exit_2(args, capsys):
     with pytest.raises(SystemExit) as exited:
         main(args)
     assert exited.value.code == 2
+
+
+def test_latency_takes_seconds_or_a_uniform_range():
+    import random
+
+    from kling_expand_plugin.cli import build_parser
+
+    assert build_parser().parse_args(["serve", "--latency", "0.5"]).latency == 0.5
+    draw = build_parser().parse_args(["serve", "--latency", "0.1-0.3"]).latency
+    values = [draw(random.Random(seed)) for seed in range(20)]
+    assert all(0.1 <= value <= 0.3 for value in values) and len(set(values)) == 20
+    args = build_parser().parse_args(["serve", "--fault", "throttle=0.25", "--fault", "bad-json=1"])
+    assert dict(args.fault) == {"throttle": 0.25, "bad-json": 1.0}

@@ -307,3 +307,16 @@ def test_render_error_fails_the_task_and_frees_its_slots(make_api, monkeypatch):
     assert task["task_status"] == "failed"
     assert task["task_status_msg"] == tasks.RENDER_FAILURE_MESSAGE
     wait_until(lambda: api.server.stats()["slots_in_use"] == 0)
+
+
+def test_external_id_with_reserved_characters_in_both_query_forms(api):
+    task_id = _create(api, external_task_id="batch 7/photo #3")["task_id"]
+    from urllib.parse import quote
+
+    for path in (
+        f"{EXPAND}/{quote('batch 7/photo #3', safe='')}",
+        f"{EXPAND}?external_task_id={quote('batch 7/photo #3', safe='')}",
+    ):
+        response = api.get(path)
+        assert response.status_code == 200, response.text
+        assert response.json()["data"][0]["task_id"] == task_id
