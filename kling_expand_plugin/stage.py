@@ -20,7 +20,7 @@ from hooks import Item, OptionError
 
 from . import limits
 from .auth import Credentials
-from .client import DEFAULT_BASE_URL, ExpandRequest, KlingClient, PollSchedule, RetryPolicy
+from .client import DEFAULT_BASE_URL, ExpandRequest, KlingClient, RetryPolicy
 from .errors import CredentialsError
 from .geometry import Ratios, canvas_for
 from .ledger import Ledger
@@ -45,10 +45,6 @@ log = logging.getLogger(__name__)
 ON_ERROR = ("skip", "raise", "passthrough")
 ORDERS = ("input", "completed")
 WEBHOOK_SECRET_ENV = "KLING_WEBHOOK_SECRET"
-
-POLLING = PollSchedule(first=2.0, factor=1.3, longest=5.0)
-"""Tasks take tens of seconds and queries are not rate limited: look every few seconds."""
-LOCAL_POLLING = PollSchedule(first=0.05, factor=1.5, longest=0.5)
 
 
 class OutpaintStage:
@@ -217,11 +213,9 @@ class OutpaintStage:
             log.info("outpaint: local Kling server at %s", server.url)
             credentials = Credentials(access_key=access_key, secret_key=secret_key)
             url, endpoint_key = server.url, "local"
-            schedule = LOCAL_POLLING
         else:
             assert self.credentials is not None
             credentials, url, endpoint_key = self.credentials, self.endpoint, self.endpoint
-            schedule = POLLING
         client = stack.enter_context(
             KlingClient(
                 url,
@@ -249,7 +243,6 @@ class OutpaintStage:
             endpoint_key,
             slots=Slots(self.concurrency),
             timeout=self.timeout,
-            schedule=schedule,
             budget=self.budget,
             receiver=receiver,
         )

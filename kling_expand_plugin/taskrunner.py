@@ -18,10 +18,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .client import ExpandRequest, KlingClient, PollSchedule
+from .client import ExpandRequest, KlingClient
 from .errors import (
     ConcurrencyLimitedError,
     DownloadError,
+    KlingError,
     NotFoundError,
     TaskFailedError,
     WaitTimeout,
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 
 CONCURRENCY_BACKOFF = (1.0, 30.0)
 """First and longest wait after a 1303 (too many tasks running on the account), in seconds."""
+
+CALLBACK_POLLING_SLOWDOWN = 4
+"""With callbacks on, polling (the fallback for lost deliveries) is this many times sparser."""
 
 
 class BudgetReached(RuntimeError):
@@ -80,7 +84,6 @@ class TaskRunner:
         *,
         slots: Slots,
         timeout: float,
-        schedule: PollSchedule,
         budget: float | None = None,
         receiver: CallbackReceiver | None = None,
     ) -> None:
@@ -89,7 +92,7 @@ class TaskRunner:
         self.endpoint_key = endpoint_key
         self.slots = slots
         self.timeout = timeout
-        self.schedule = schedule
+        self.polling = Polling()
         self.budget = budget
         self.receiver = receiver
         self.tally = Tally()
@@ -115,7 +118,7 @@ class TaskRunner:
                 f"(recorded in {self.ledger.path}; delete it there to try again)"
             )
         with self.slots.hold(request.n):
-            task = self._reattach(key, entry.task_id) if entry and entry.task_id else None
+            task = self._reattach(key, entry.task_id, external_id) if entry else None
             if task is None:
                 task = self._create(key, request)
             self.ledger.record(self.endpoint_key, task)
@@ -134,16 +137,21 @@ class TaskRunner:
             images.append(data)
         return Outcome(task.task_id, external_id, task.units_value, images)
 
-    def _reattach(self, key: str, task_id: str) -> Task | None:
-        """The task the ledger knows by id, or None if the server no longer has it."""
+    def _reattach(self, key: str, task_id: str | None, external_id: str) -> Task | None:
+        """The task the ledger knows, by its id, or by its external id when a crash came
+        between the create and its answer; None if the server does not have it."""
         try:
-            task = self.client.get(task_id)
+            if task_id is not None:
+                task = self.client.get(task_id)
+            else:
+                task = self.client.get_by_external_id(external_id)
         except NotFoundError:
-            log.warning("%s: task %s is gone from the server; creating it again", key, task_id)
+            if task_id is not None:
+                log.warning("%s: task %s is gone from the server; creating it again", key, task_id)
             return None
         with self.tally.lock:
             self.tally.reattached += 1
-        log.debug("%s: re-attached to task %s (%s)", key, task_id, task.status.value)
+        log.debug("%s: re-attached to task %s (%s)", key, task.task_id, task.status.value)
         return task
 
     def _create(self, key: str, request: ExpandRequest) -> Task:
@@ -192,25 +200,38 @@ class TaskRunner:
             self.tally.units += task.units_value or 0.0
 
     def _wait(self, task: Task) -> Task:
-        """The finished task, from callbacks where they come, polling otherwise."""
-        if self.receiver is None:
-            return self.client.wait(task, timeout=self.timeout, schedule=self.schedule)
+        """The finished task: from a callback where one comes, from polling otherwise."""
         external_id = task.external_task_id or ""
-        deadline = time.monotonic() + self.timeout
-        delays = _slow(self.schedule.delays())
+        started = time.monotonic()
+        deadline = started + self.timeout
+        delays = self.polling.delays(started)
         try:
             while not task.finished:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise WaitTimeout(task.task_id, self.timeout, task)
-                delivered = self.receiver.wait(
-                    external_id, min(next(delays), remaining), after=task.status
-                )
-                task = delivered if delivered is not None else self.client.get(task.task_id)
+                delay = min(next(delays), remaining)
+                if self.receiver is not None:
+                    # Polling is only the fallback for deliveries that never come.
+                    wait = min(delay * CALLBACK_POLLING_SLOWDOWN, remaining)
+                    delivered = self.receiver.wait(external_id, wait, after=task.status)
+                    if delivered is not None:
+                        task = delivered
+                        continue
+                else:
+                    time.sleep(delay)
+                try:
+                    task = self.client.get(task.task_id)
+                except KlingError as error:
+                    if not error.retryable:
+                        raise
+                    log.warning("polling task %s: %s; polling on", task.task_id, error)
         finally:
-            self.receiver.forget(external_id)
+            if self.receiver is not None:
+                self.receiver.forget(external_id)
         if task.failed:
             raise TaskFailedError(task)
+        self.polling.observe(time.monotonic() - started)
         return task
 
     def _download(self, task: Task, image: TaskImage) -> bytes:
@@ -225,7 +246,33 @@ class TaskRunner:
             return self.client.download(urls[image.index])
 
 
-def _slow(delays: Iterator[float]) -> Iterator[float]:
-    """With callbacks, polling is only the fallback: poll four times less often."""
-    for delay in delays:
-        yield delay * 4
+class Polling:
+    """When to look at a task: soon after the time similar tasks have taken, then often.
+
+    Until a task has finished, polling starts fast and backs off; after that, the first look
+    comes shortly before a task's typical duration and the next ones every twentieth of it,
+    so a finished task is noticed within a few percent of its run time.
+    """
+
+    def __init__(self, first: float = 0.25, longest: float = 5.0, shortest: float = 0.05) -> None:
+        self.first, self.longest, self.shortest = first, longest, shortest
+        self.typical: float | None = None
+        self._lock = threading.Lock()
+
+    def observe(self, seconds: float) -> None:
+        """Learn from a task that took `seconds` from its create (or re-attach) to its end."""
+        with self._lock:
+            self.typical = seconds if self.typical is None else 0.8 * self.typical + 0.2 * seconds
+
+    def delays(self, started: float) -> Iterator[float]:
+        """The waits before each look at a task that started (monotonic clock) at `started`."""
+        typical = self.typical
+        if typical is None:
+            delay = self.first
+            while True:
+                yield delay * random.uniform(0.9, 1.1)
+                delay = min(delay * 1.5, self.longest)
+        yield max(self.shortest, 0.8 * typical - (time.monotonic() - started))
+        step = min(max(typical / 20, self.shortest), self.longest)
+        while True:
+            yield step

@@ -1,0 +1,200 @@
+"""The outpaint stage at batch scale, over real HTTP against a local server that outlives it:
+slots, 1303 storms, callbacks, order, the ledger, budgets, and kill -9 in the middle."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from hooks import Item
+from kling_expand_plugin import taskrunner
+from kling_expand_plugin.localserver import LocalServer
+from kling_expand_plugin.stage import OutpaintStage
+
+KEYS = {
+    "KLING_ACCESS_KEY": "batch-access-key",
+    "KLING_SECRET_KEY": "batch-secret-key-0123456789abcdef",
+}
+
+
+def picture(number: int) -> bytes:
+    """A distinct small photo-like PNG per number (distinct inputs, distinct external ids)."""
+    image = Image.new("RGB", (320, 240), ((number * 37) % 256, (number * 91) % 256, 120))
+    image.paste((number % 256, 200, (number * 13) % 256), (40, 40, 120 + number % 100, 160))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def items(count: int) -> list[Item]:
+    return [Item(f"img{number:03d}.png", picture(number)) for number in range(count)]
+
+
+@pytest.fixture
+def credentials(monkeypatch):
+    for name, value in KEYS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("KLING_API_KEY", raising=False)
+
+
+def server(**options) -> LocalServer:
+    options = {"latency": 0.1, "concurrency": 4, "fill_method": "fast", "seed": 1, **options}
+    return LocalServer(
+        access_key=KEYS["KLING_ACCESS_KEY"], secret_key=KEYS["KLING_SECRET_KEY"], **options
+    )
+
+
+def stage(url: str, tmp_path: Path, **options) -> OutpaintStage:
+    options = {
+        "aspect": "16:9",
+        "concurrency": 4,
+        "ledger": str(tmp_path / "ledger.sqlite"),
+        **options,
+    }
+    return OutpaintStage(endpoint=url, **options)
+
+
+def test_a_batch_larger_than_the_account_keeps_it_full_and_never_over(credentials, tmp_path):
+    with server(concurrency=4) as local:
+        outpaint = stage(local.url, tmp_path, n=2)
+        results = list(outpaint(items(24)))
+        stats = local.stats()
+    assert len(results) == 48
+    assert stats["max_slots_in_use"] == 4  # full, never over (n=2: two tasks at once)
+    assert set(stats["create_attempts_by_external_id"].values()) == {1}
+    assert outpaint.summary["created"] == 24 and outpaint.summary["max_slots_in_use"] == 4
+
+
+def test_a_1303_storm_is_waited_out(credentials, tmp_path, monkeypatch):
+    monkeypatch.setattr(taskrunner, "CONCURRENCY_BACKOFF", (0.05, 0.2))
+    # The account allows 2 tasks; the stage believes it has 6, as when others share the account.
+    with server(concurrency=2) as local:
+        results = list(stage(local.url, tmp_path, concurrency=6)(items(12)))
+        stats = local.stats()
+    assert len(results) == 12 and stats["max_slots_in_use"] == 2
+    assert sum(stats["create_attempts_by_external_id"].values()) > 12  # 1303s were answered
+    assert stats["tasks"]["succeed"] == 12
+
+
+def test_input_order_is_kept_whatever_order_tasks_finish_in(credentials, tmp_path):
+    latencies = iter([0.6, 0.05] * 20)
+    with server(concurrency=8, latency=lambda rng: next(latencies)) as local:
+        results = list(stage(local.url, tmp_path, concurrency=8)(items(10)))
+    assert [r.metadata["outpaint"]["source_key"] for r in results] == [i.key for i in items(10)]
+
+
+def test_completed_order_hands_on_every_result(credentials, tmp_path):
+    with server(concurrency=8) as local:
+        results = list(stage(local.url, tmp_path, concurrency=8, order="completed")(items(6)))
+    keys = sorted(r.metadata["outpaint"]["source_key"] for r in results)
+    assert keys == [i.key for i in items(6)]
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [
+        {},
+        {"callback-repeat": 0.5, "callback-reorder": 0.5},
+        {"callback-drop": 1.0},  # every delivery lost: polling is the fallback
+    ],
+)
+def test_callbacks_finish_the_batch_with_repeats_reorders_and_drops(credentials, tmp_path, faults):
+    with server(concurrency=4, faults=faults) as local:
+        outpaint = stage(local.url, tmp_path, callback="127.0.0.1:0", timeout=60)
+        results = list(outpaint(items(8)))
+        stats = local.stats()
+    assert len(results) == 8
+    assert set(stats["create_attempts_by_external_id"].values()) == {1}
+
+
+def test_a_second_run_reads_the_ledger_and_pays_for_nothing(credentials, tmp_path):
+    with server() as local:
+        first = list(stage(local.url, tmp_path)(items(6)))
+        again = stage(local.url, tmp_path)
+        second = list(again(items(6)))
+        stats = local.stats()
+    assert sum(stats["create_attempts_by_external_id"].values()) == 6
+    assert again.summary["created"] == 0 and again.summary["from_ledger"] == 6
+    assert [r.read_bytes() for r in first] == [r.read_bytes() for r in second]
+
+
+def test_a_budget_stops_new_tasks_and_says_so(credentials, tmp_path, caplog):
+    with server(concurrency=1) as local:
+        outpaint = stage(local.url, tmp_path, concurrency=1, budget=3)
+        results = list(outpaint(items(6)))
+        stats = local.stats()
+    assert len(results) == 3 and len(stats["create_attempts_by_external_id"]) == 3
+    assert outpaint.summary["skipped"] == 3 and outpaint.summary["units"] == 3
+    assert "budget of 3" in caplog.text
+
+
+def test_a_failed_task_is_reported_with_its_reason_and_not_paid_for_twice(credentials, tmp_path):
+    with server(faults={"task-failed": 1.0}) as local:
+        first = stage(local.url, tmp_path)
+        assert list(first(items(2))) == []
+        second = stage(local.url, tmp_path, on_error="passthrough")
+        passed = list(second(items(2)))
+        stats = local.stats()
+    assert first.summary["failed"] == 2 and len(stats["create_attempts_by_external_id"]) == 2
+    assert all("failed before" in p.metadata["outpaint"]["error"] for p in passed)
+
+
+CONFIG = """
+[[stages]]
+stage = "load"
+paths = ["{inputs}"]
+
+[[stages]]
+stage = "outpaint"
+endpoint = "{url}"
+aspect = "16:9"
+concurrency = 4
+ledger = "{ledger}"
+
+[[stages]]
+stage = "save"
+folder = "{outputs}"
+"""
+
+
+def test_kill_9_at_any_point_then_resume_pays_once_and_loses_nothing(credentials, tmp_path):
+    inputs, outputs = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    for item in items(30):
+        (inputs / item.key).write_bytes(item.read_bytes())
+    with server(concurrency=4, latency=0.3) as local:
+        config = tmp_path / "pipeline.toml"
+        config.write_text(
+            CONFIG.format(
+                inputs=inputs, url=local.url, ledger=tmp_path / "ledger.sqlite", outputs=outputs
+            )
+        )
+        command = [sys.executable, "-m", "hooks.cli", "run", str(config)]
+        env = {**os.environ, **KEYS}
+        kills = 0
+        for delay in (0.4, 0.9, 1.3, 0.7, 1.8):
+            process = subprocess.Popen(
+                command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            )
+            time.sleep(delay)
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+                kills += 1
+            process.wait(timeout=30)
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+        stats = local.stats()
+    assert done.returncode == 0, done.stderr
+    assert kills >= 3  # the runs really were cut short
+    assert sorted(p.name for p in outputs.iterdir()) == [f"img{n:03d}-0.png" for n in range(30)]
+    assert set(stats["creates_by_external_id"].values()) == {1}
+    assert len(stats["creates_by_external_id"]) == 30
+    # A create is re-posted only when a kill fell between posting it and recording its answer.
+    assert max(stats["create_attempts_by_external_id"].values()) <= 2

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from kling_expand_plugin.window import windowed_map
+
+
+def slow_first(value: int) -> int:
+    time.sleep(0.3 if value == 0 else 0.01)
+    return value * 10
+
+
+def test_input_order_is_kept_while_later_work_goes_on():
+    started = time.monotonic()
+    out = [
+        (value, future.result()) for value, future in windowed_map(slow_first, range(8), window=4)
+    ]
+    assert out == [(v, v * 10) for v in range(8)]
+    assert time.monotonic() - started < 0.6  # the slow head did not hold up the others
+
+
+def test_completed_order_hands_on_what_finished_first():
+    out = [v for v, _ in windowed_map(slow_first, range(4), window=4, ordered=False)]
+    assert out[-1] == 0 and sorted(out) == [0, 1, 2, 3]
+
+
+def test_at_most_window_run_at_once_and_inputs_are_pulled_lazily():
+    running, peak, pulled = 0, 0, []
+    lock = threading.Lock()
+
+    def work(value: int) -> int:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.01)
+        with lock:
+            running -= 1
+        return value
+
+    def source():
+        for value in range(1000):
+            pulled.append(value)
+            yield value
+
+    results = windowed_map(work, source(), window=3, reorder_limit=6)
+    first = [next(results) for _ in range(5)]
+    assert [v for v, _ in first] == [0, 1, 2, 3, 4]
+    assert len(pulled) <= 5 + 6
+    results.close()
+    assert peak <= 3
+
+
+def test_errors_come_back_on_their_future():
+    def fail_on_two(value: int) -> int:
+        if value == 2:
+            raise ValueError("two")
+        return value
+
+    outcomes = {v: f.exception() for v, f in windowed_map(fail_on_two, range(4), window=2)}
+    assert isinstance(outcomes[2], ValueError) and outcomes[1] is None
+    with pytest.raises(ValueError):
+        raise outcomes[2]
