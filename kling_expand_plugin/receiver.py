@@ -248,7 +248,7 @@ class CallbackReceiver:
                 self._tasks.move_to_end(external_id)
                 while len(self._tasks) > self._max_tasks:
                     self._tasks.popitem(last=False)
-                pass
+                self._changed.notify_all()
             elif task.status.rank == known.status.rank:
                 outcome = "duplicates"  # a final status never changes to the other final one
             else:

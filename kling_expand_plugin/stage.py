@@ -142,13 +142,34 @@ class OutpaintStage:
                 self.credentials = Credentials.from_env()
             except CredentialsError as exc:
                 raise OptionError("endpoint", f"{endpoint} needs credentials: {exc}") from None
-        self.summary: dict[str, Any] = {}
+        self._counts = dict.fromkeys(("done", "failed", "skipped", "results"), 0)
+        self._active: TaskRunner | None = None
+        self._times = (0.0, 0.0)
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """Counters of the run under way, or of the last one: items done, failed and skipped
+        (budget), results handed on, units spent, tasks created, re-attached and read back
+        from the ledger, slots in use now and at most, seconds. Safe to read from another
+        thread, say for a progress bar."""
+        runner = self._active
+        started, ended = self._times
+        return {
+            **self._counts,
+            "units": runner.tally.units if runner else 0.0,
+            "created": runner.tally.created if runner else 0,
+            "reattached": runner.tally.reattached if runner else 0,
+            "from_ledger": runner.tally.from_ledger if runner else 0,
+            "slots_in_use": runner.slots.in_use if runner else 0,
+            "max_slots_in_use": runner.slots.max_in_use if runner else 0,
+            "seconds": round((ended or time.monotonic()) - started, 3) if started else 0.0,
+        }
 
     def __call__(self, items: Iterable[Item]) -> Iterator[Item]:
-        started = time.monotonic()
-        counts = {"done": 0, "failed": 0, "skipped": 0, "results": 0}
+        counts = self._counts = dict.fromkeys(self._counts, 0)
+        self._times = (time.monotonic(), 0.0)
         with contextlib.ExitStack() as stack:
-            runner = self._runner(stack)
+            runner = self._active = self._runner(stack)
             tasks_at_once = self.concurrency // self.n
             results = windowed_map(
                 lambda item: self._expand(runner, item),
@@ -173,15 +194,7 @@ class OutpaintStage:
                         item.metadata["outpaint"] = {"error": str(error)}
                         yield item
             finally:
-                self.summary = {
-                    **counts,
-                    "units": runner.tally.units,
-                    "created": runner.tally.created,
-                    "reattached": runner.tally.reattached,
-                    "from_ledger": runner.tally.from_ledger,
-                    "max_slots_in_use": runner.slots.max_in_use,
-                    "seconds": round(time.monotonic() - started, 3),
-                }
+                self._times = (self._times[0], time.monotonic())
                 log.info(
                     "outpaint: %(done)d done, %(failed)d failed, %(skipped)d skipped "
                     "(budget), %(results)d results, %(units)g units, %(created)d tasks "

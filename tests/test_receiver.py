@@ -450,12 +450,14 @@ def test_many_waiters_are_woken_by_one_delivery(make_receiver):
     threads = [threading.Thread(target=waiter, args=(f"ext-{i % 2}",)) for i in range(8)]
     for thread in threads:
         thread.start()
+    started = time.monotonic()
     post(receiver.url_for("ext-0"), task_json("ext-0", "processing"))  # not enough for them
     post(receiver.url_for("ext-0"), task_json("ext-0", "succeed"))
     post(receiver.url_for("ext-1"), task_json("ext-1", "failed"))
     for thread in threads:
         thread.join(timeout=5)
     assert not any(thread.is_alive() for thread in threads)
+    assert time.monotonic() - started < 1.0  # woken, not timed out (wait's timeout is 5 s)
     assert sorted(task.status.value for task in results if task) == ["failed"] * 4 + ["succeed"] * 4
 
 
