@@ -108,7 +108,7 @@ class CallbackReceiver:
     def start(self) -> CallbackReceiver:
         """Serve on a daemon thread; returns self."""
         if self._thread is not None or self._stopped:
-            raise RuntimeError("receiver already started")
+            raise RuntimeError("receiver already started (or stopped)")
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, args=(0.1,), name="kling-callbacks", daemon=True
         )
@@ -195,7 +195,7 @@ class CallbackReceiver:
             signed = checked
         try:
             payload = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # includes bad UTF-8; absurdly deep nesting
             return self._reject(400, "malformed")
         external_id = _external_id(payload)
         if external_id is None:

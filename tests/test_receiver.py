@@ -497,9 +497,11 @@ def test_a_malformed_secret_is_refused_up_front():
 
 
 def test_stop_is_idempotent_and_the_port_is_freed():
-    receiver = CallbackReceiver().start()
-    url = receiver.url_for("ext-z")
-    receiver.stop()
+    with CallbackReceiver() as receiver:
+        url = receiver.url_for("ext-z")
+        assert post(url, task_json("ext-z")).status_code == 200
+        with pytest.raises(RuntimeError):
+            receiver.start()
     receiver.stop()
     with pytest.raises(requests.ConnectionError):
         requests.post(url, json=task_json("ext-z"), timeout=2)

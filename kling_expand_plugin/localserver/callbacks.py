@@ -15,6 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
@@ -117,7 +118,9 @@ class CallbackSender:
                 delivery.url, data=delivery.body, headers=headers, timeout=self._timeout
             )
         except requests.RequestException as error:
-            log.warning("callback to %s failed: %s", delivery.url, type(error).__name__)
+            # The path may hold the receiver's per-task secret: name the host only.
+            where = urlsplit(delivery.url).netloc
+            log.warning("callback to %s failed: %s", where, type(error).__name__)
             self._count("failed")
             return
         self._count("sent" if response.ok else "failed")
