@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import mimetypes
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,12 +45,6 @@ class Item:
     def open(self) -> Image.Image:
         """The image, opened with Pillow (decoded lazily, as Pillow does)."""
         return Image.open(io.BytesIO(self.read_bytes()))
-
-    def guess_media_type(self) -> str | None:
-        """`media_type` if set, else a guess from the path or URL's name."""
-        if self.media_type or isinstance(self.image, bytes):
-            return self.media_type
-        return mimetypes.guess_type(str(self.image))[0]
 
     def replace(self, **changes: Any) -> Item:
         """A new item with `changes` applied; the metadata dict is copied, not shared."""

@@ -20,6 +20,7 @@ from kling_expand_plugin.prepare import FitError, FitOptions, decode, prepare
 
 PHOTOS = Path(__file__).parents[1] / "sample_data" / "photos"
 WIDE = Target(aspect=16 / 9, max_passes=3)
+SECRET = "a-secret-key-long-enough-for-hs256"
 
 
 def encode(image: Image.Image, format: str, **options) -> bytes:
@@ -98,9 +99,9 @@ REFUSED = {
 def client():
     with (
         LocalServer(
-            access_key="ak", secret_key="sk", fill_method="fast", latency=60.0, concurrency=100
+            access_key="ak", secret_key=SECRET, fill_method="fast", latency=60.0, concurrency=100
         ) as server,
-        KlingClient(server.url, Credentials(access_key="ak", secret_key="sk")) as client,
+        KlingClient(server.url, Credentials(access_key="ak", secret_key=SECRET)) as client,
     ):
         yield client
 
