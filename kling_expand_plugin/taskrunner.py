@@ -250,11 +250,12 @@ class Polling:
     """When to look at a task: soon after the time similar tasks have taken, then often.
 
     Until a task has finished, polling starts fast and backs off; after that, the first look
-    comes shortly before a task's typical duration and the next ones every twentieth of it,
-    so a finished task is noticed within a few percent of its run time.
+    comes shortly before a task's typical duration and the next ones every fiftieth of it,
+    so a finished task is noticed within a few percent of its run time (the API does not
+    limit queries; creates are what count).
     """
 
-    def __init__(self, first: float = 0.25, longest: float = 5.0, shortest: float = 0.05) -> None:
+    def __init__(self, first: float = 0.25, longest: float = 5.0, shortest: float = 0.02) -> None:
         self.first, self.longest, self.shortest = first, longest, shortest
         self.typical: float | None = None
         self._lock = threading.Lock()
@@ -272,7 +273,7 @@ class Polling:
             while True:
                 yield delay * random.uniform(0.9, 1.1)
                 delay = min(delay * 1.5, self.longest)
-        yield max(self.shortest, 0.8 * typical - (time.monotonic() - started))
-        step = min(max(typical / 20, self.shortest), self.longest)
+        yield max(self.shortest, 0.9 * typical - (time.monotonic() - started))
+        step = min(max(typical / 50, self.shortest), self.longest)
         while True:
             yield step
