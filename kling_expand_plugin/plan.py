@@ -256,7 +256,7 @@ def plan_expansion(width: int, height: int, target: Target, *, scale: float = 1.
             canvas, output_size = _desired_canvas(width, height, target, scale)
             pad = (0, 0, 0, 0)
         else:
-            pad = _padding_beyond(width, height, canvas, target.anchor)
+            pad = _padding_beyond(width, height, target.anchor)
     upload = (width + pad[0] + pad[2], height + pad[1] + pad[3])
     # The region every call together must produce: the canvas, and the padding where it sticks out.
     left = max(canvas.box.left - pad[0], 0)
@@ -336,7 +336,7 @@ def _share(need: int, bands: tuple[int, int]) -> int:
 
 
 def _padding_beyond(
-    width: int, height: int, canvas: Canvas, anchor: tuple[float, float]
+    width: int, height: int, anchor: tuple[float, float]
 ) -> tuple[int, int, int, int]:
     need_x, need_y = _padding_needed(width, height)
     left, top = round(need_x * anchor[0]), round(need_y * anchor[1])
