@@ -18,6 +18,9 @@ from typing import Any
 import requests
 from PIL import Image
 
+from kling_expand_plugin import Credentials, KlingClient
+from kling_expand_plugin.models import Task
+
 ACCESS_KEY = "bench-access-key"
 SECRET_KEY = "bench-secret-key-0123456789abcdef"
 SERVE = [sys.executable, "-m", "kling_expand_plugin.cli", "serve", "--port", "0"]
@@ -33,18 +36,19 @@ def use_server_keys() -> None:
 
 @contextmanager
 def server_process(
-    *, latency: float, concurrency: int, fill: str = "fast", extra: tuple[str, ...] = ()
+    *, latency: float | str, concurrency: int, fill: str = "fast", extra: tuple[str, ...] = ()
 ) -> Iterator[str]:
-    """`kling-expand serve` in a subprocess for the block; yields its base URL."""
+    """`kling-expand serve` in a subprocess for the block; yields its base URL.
+
+    `latency`: seconds per task, or "MIN-MAX" for a uniform draw per task.
+    """
     command = [
         *SERVE,
         *("--access-key", ACCESS_KEY, "--latency", str(latency)),
         *("--concurrency", str(concurrency), "--fill", fill, *extra),
     ]
     env = {**os.environ, "KLING_SECRET_KEY": SECRET_KEY}
-    process = subprocess.Popen(
-        [part for part in command if part], env=env, stdout=subprocess.PIPE, text=True
-    )
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
         line = process.stdout.readline().strip()
@@ -80,3 +84,19 @@ def peak_rss_mib() -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmHWM in /proc/self/status: the memory figure needs Linux")
+
+
+def server_tasks(url: str) -> list[Task]:
+    """Every task the server has, oldest first (the list endpoint, not counted as a GET)."""
+    with KlingClient(url, Credentials.from_env()) as client:
+        tasks = list(client.list(page_size=500))
+    return sorted(tasks, key=lambda task: task.created_at or 0)
+
+
+def slot_occupancy(tasks: list[Task], slots: int) -> float:
+    """The share of the account's slot-seconds spent running tasks, from the first create
+    to the last end, as the server's own timestamps say (1.0: never a slot idle)."""
+    created = [task.created_at or 0 for task in tasks]
+    ended = [task.updated_at or 0 for task in tasks]
+    busy = sum(end - start for start, end in zip(created, ended, strict=True))
+    return busy / (slots * (max(ended) - min(created)))

@@ -2,6 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .api import expand, expand_many
 from .auth import Credentials
 from .client import ExpandRequest, KlingClient
 from .geometry import Ratios
@@ -12,4 +13,13 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
-__all__ = ["Credentials", "ExpandRequest", "KlingClient", "OutpaintStage", "Ratios", "__version__"]
+__all__ = [
+    "Credentials",
+    "ExpandRequest",
+    "KlingClient",
+    "OutpaintStage",
+    "Ratios",
+    "__version__",
+    "expand",
+    "expand_many",
+]

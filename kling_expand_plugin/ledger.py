@@ -1,15 +1,19 @@
-"""The ledger: a SQLite file (WAL) recording every task the stage pays for, and its results.
+"""The ledger: the record of every task the stage pays for, and of its results.
 
 Keyed by the endpoint and the deterministic `external_task_id`, so that re-running a pipeline,
 or resuming one killed at any point, never creates a second task for work already submitted,
 and never loses a result already paid for:
 
 - an intent is recorded before the create is posted, the task id as soon as it is known;
-- each result image is written to `<ledger>.results/` (atomically, synced) and recorded before
-  the stage hands it on;
+- each result image is stored (durably) and recorded before the stage hands it on;
 - on a re-run, stored results are read back, submitted tasks are re-attached by id, and an
   intent without a task id is completed by the client's create, which looks the task up by
   its external id before posting.
+
+`Ledger` is what the task runner needs of one; `open_ledger` picks the implementation: a SQLite
+file (WAL) with results in `<ledger>.results/` for one machine (`SqliteLedger`, here), or a
+PostgreSQL database shared by every worker of a cluster, results included
+(`PostgresLedger`, in `ledger_postgres`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from .models import Task
 
@@ -50,6 +55,22 @@ CREATE TABLE IF NOT EXISTS results (
 INTENT = "creating"
 """The status of a task whose create may or may not have reached the API."""
 
+DATABASE_SCHEMES = ("postgresql://", "postgres://")
+"""Ledger specs with these prefixes are PostgreSQL connection URLs; anything else is a path."""
+
+
+@dataclass(frozen=True)
+class StoredBytes:
+    """A result image held in the database itself (the PostgreSQL ledger's results)."""
+
+    data: bytes
+
+    def __repr__(self) -> str:
+        return f"StoredBytes({len(self.data)} bytes)"
+
+    def read_bytes(self) -> bytes:
+        return self.data
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -62,17 +83,67 @@ class Entry:
     status_msg: str | None
     units: str | None
     images: int | None
-    results: tuple[Path, ...]
+    results: tuple[Path | StoredBytes, ...]
 
     @property
     def complete(self) -> bool:
-        """Whether every result image of a succeeded task is stored and still on disk."""
+        """Whether every result image of a succeeded task is stored (and, for files, still on
+        disk)."""
         return (
             self.images is not None
             and self.status in ("succeed", "succeeded")
             and len(self.results) == self.images
-            and all(path.is_file() for path in self.results)
+            and all(isinstance(result, StoredBytes) or result.is_file() for result in self.results)
         )
+
+
+class Ledger(Protocol):
+    """What the task runner needs of a ledger; every method is safe to call from many threads.
+
+    Guarantees of every implementation: one row per (endpoint, external id) wherever the
+    workers run, and a result stored durably before `store_result` returns (so before the
+    stage hands it on).
+    """
+
+    @property
+    def path(self) -> Path | str:
+        """Where the ledger is, for logs and messages (a file, or a URL without password)."""
+        ...
+
+    def entry(self, endpoint: str, external_id: str) -> Entry | None:
+        """The ledger's record of a task, or None if it never saw it."""
+        ...
+
+    def intend(self, endpoint: str, external_id: str, source_key: str) -> None:
+        """Record that a create is about to be posted (before it is, so a crash leaves a trace)."""
+        ...
+
+    def record(self, endpoint: str, task: Task) -> None:
+        """Record what the API said of a task: its id, status, units and number of images."""
+        ...
+
+    def store_result(self, endpoint: str, external_id: str, index: int, data: bytes) -> object:
+        """Store a result image durably, then record it."""
+        ...
+
+    def close(self) -> None:
+        """Release the file or the connection."""
+        ...
+
+
+def is_database_url(spec: str | Path) -> bool:
+    """Whether a ledger spec names a PostgreSQL database rather than a SQLite file."""
+    return isinstance(spec, str) and spec.startswith(DATABASE_SCHEMES)
+
+
+def open_ledger(spec: str | Path) -> Ledger:
+    """The ledger a spec names: a postgresql:// URL (shared by a cluster; needs the `ray` or
+    `postgres` extra, for psycopg), or else the path of a SQLite file."""
+    if is_database_url(spec):
+        from .ledger_postgres import PostgresLedger
+
+        return PostgresLedger(str(spec))
+    return SqliteLedger(spec)
 
 
 def default_path() -> Path:
@@ -81,8 +152,9 @@ def default_path() -> Path:
     return Path(base) / "kling-expand" / "ledger.sqlite"
 
 
-class Ledger:
-    """The record of paid work, shared safely by the stage's threads (and by processes)."""
+class SqliteLedger:
+    """The record of paid work in a SQLite file, shared safely by the stage's threads (and by
+    the processes of one machine)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -96,7 +168,7 @@ class Ledger:
         self._db.commit()
 
     def __repr__(self) -> str:
-        return f"Ledger({str(self.path)!r})"
+        return f"SqliteLedger({str(self.path)!r})"
 
     def close(self) -> None:
         with self._lock:

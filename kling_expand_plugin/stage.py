@@ -23,8 +23,8 @@ from .auth import Credentials
 from .client import DEFAULT_BASE_URL, ExpandRequest, KlingClient, RetryPolicy
 from .errors import CredentialsError
 from .geometry import Ratios, canvas_for
-from .ledger import Ledger
 from .ledger import default_path as default_ledger_path
+from .ledger import is_database_url, open_ledger
 from .plan import MAX_AREA, Plan, PlanError, Target, parse_anchor, parse_aspect, parse_size
 from .prepare import (
     ANIMATED_POLICIES,
@@ -83,6 +83,7 @@ class OutpaintStage:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_upload_pixels: int | None = None,
         local_latency: float = 1.0,
+        slots: Slots | None = None,
     ) -> None:
         try:
             self.target = Target(
@@ -122,6 +123,9 @@ class OutpaintStage:
         self.colour_match = bool(colour_match)
         self.budget = _number("budget", budget, low=0.0) if budget is not None else None
         self.local_latency = _number("local_latency", local_latency, low=0.0)
+        if slots is not None and not isinstance(slots, Slots):
+            raise OptionError("slots", "is for Python callers only: a Slots object to share")
+        self.slots = slots  # None: a pool of `concurrency` slots per run; else shared, say by Ray
         if not isinstance(ledger, str) or not ledger:
             raise OptionError("ledger", 'give "auto" or the path of a SQLite file')
         self.ledger_path = ledger
@@ -237,7 +241,9 @@ class OutpaintStage:
                 retry=RetryPolicy(retry_concurrency=False),
             )
         )
-        ledger = Ledger(self._ledger_file(stack))
+        ledger = open_ledger(
+            self.ledger_path if is_database_url(self.ledger_path) else self._ledger_file(stack)
+        )
         stack.callback(ledger.close)
         log.info("outpaint: ledger %s", ledger.path)
         receiver = None
@@ -254,7 +260,7 @@ class OutpaintStage:
             client,
             ledger,
             endpoint_key,
-            slots=Slots(self.concurrency),
+            slots=self.slots if self.slots is not None else Slots(self.concurrency),
             timeout=self.timeout,
             budget=self.budget,
             receiver=receiver,

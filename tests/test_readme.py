@@ -29,7 +29,7 @@ def test_the_python_api_example_runs(tmp_path):
 
 
 def test_ci_runs_the_readme_test_command():
-    quick_start = README.split("Run the tests:", 1)[1]
+    quick_start = README.split("**The tests**", 1)[1]
     command = re.search(r"```sh\n(.*?)\n```", quick_start, re.DOTALL)
     assert command
     test_command = command.group(1).split("&&")[-1].strip()

@@ -1,0 +1,189 @@
+"""The Python API: expand one image, or stream a batch, without writing a pipeline.
+
+Both functions build an `OutpaintStage` from their keyword arguments (every stage option is
+accepted, see the README) and default to the local server, so nothing is paid for unless an
+endpoint URL is named.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit
+
+from PIL import Image
+
+from hooks import Item
+
+from .stage import OutpaintStage
+
+Source = str | os.PathLike[str] | bytes | Image.Image
+"""An image to expand: a file path, an http(s) URL, the encoded bytes, or a Pillow image."""
+
+
+class Expanded(NamedTuple):
+    """One input of a batch: its key, its result images, and the error if it failed.
+
+    `metadata` holds each image's `metadata["outpaint"]` (canvas, box, passes, units, ...).
+    An input that already had the target shape comes back as itself, with no task.
+    """
+
+    key: str
+    images: list[Image.Image]
+    error: str | None
+    metadata: list[dict[str, Any]]
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def expand(
+    image: Source,
+    *,
+    aspect: str | float | None = None,
+    area: float | str | None = None,
+    size: str | list[int] | None = None,
+    ratios: list[float] | dict[str, float] | None = None,
+    anchor: str | list[float] = "center",
+    n: int = 1,
+    prompt: str = "",
+    endpoint: str = "local",
+    **options: Any,
+) -> list[Image.Image]:
+    """The `n` expanded versions of one image; raises the error that stopped it, if any."""
+    stage = OutpaintStage(
+        aspect=aspect,
+        area=area,
+        size=size,
+        ratios=ratios,
+        anchor=anchor,
+        n=n,
+        prompt=prompt,
+        endpoint=endpoint,
+        **{**options, "on_error": "raise"},
+    )
+    return [_decoded(result) for result in stage([to_item(image)])]
+
+
+def expand_many(
+    images: Iterable[Source] | Mapping[str, Source],
+    *,
+    aspect: str | float | None = None,
+    area: float | str | None = None,
+    size: str | list[int] | None = None,
+    ratios: list[float] | dict[str, float] | None = None,
+    anchor: str | list[float] = "center",
+    n: int = 1,
+    prompt: str = "",
+    endpoint: str = "local",
+    on_error: str = "passthrough",
+    **options: Any,
+) -> Iterator[Expanded]:
+    """Expand a batch, yielding one `Expanded` per input, in input order, as each finishes.
+
+    `images` is an iterable of sources (keyed by file name, URL name or position) or a mapping
+    of key to source; it is read lazily. A failed input is yielded with its `error` set
+    (`on_error="passthrough"`, the default), or stops the batch (`on_error="raise"`).
+    The stage is built, and its options checked, before the first input is read.
+    """
+    if on_error not in ("passthrough", "raise"):
+        raise ValueError(f'on_error must be "passthrough" or "raise", not {on_error!r}')
+    stage = OutpaintStage(
+        aspect=aspect,
+        area=area,
+        size=size,
+        ratios=ratios,
+        anchor=anchor,
+        n=n,
+        prompt=prompt,
+        endpoint=endpoint,
+        on_error=on_error,
+        **options,
+    )
+    return _expanded(stage, _items(images), n)
+
+
+def _expanded(stage: OutpaintStage, items: Iterable[Item], n: int) -> Iterator[Expanded]:
+    for key, results in by_source(stage(items), n):
+        error = failure_of(results[0])
+        if error is not None:
+            yield Expanded(key, [], error, [])
+            continue
+        yield Expanded(
+            key,
+            [_decoded(result) for result in results],
+            None,
+            [result.metadata.get("outpaint", {}) for result in results],
+        )
+
+
+def by_source(results: Iterable[Item], n: int) -> Iterator[tuple[str, list[Item]]]:
+    """The stage's output grouped per input: (source key, its items), each as soon as complete.
+
+    An input gives `n` results (its last has variant n - 1), or one item handed on unchanged
+    (already the target shape, or failed with `on_error="passthrough"`).
+    """
+    group: list[Item] = []
+    for item in results:
+        outpaint = item.metadata.get("outpaint", {})
+        group.append(item)
+        if "variant" not in outpaint or outpaint["variant"] >= n - 1:
+            yield source_key(group[0]), group
+            group = []
+    if group:  # only when the stage stopped early
+        yield source_key(group[0]), group
+
+
+def source_key(item: Item) -> str:
+    """The key of the input an output item came from."""
+    return str(item.metadata.get("outpaint", {}).get("source_key", item.key))
+
+
+def failure_of(item: Item) -> str | None:
+    """The error text of an input the stage handed on as failed; None otherwise."""
+    error = item.metadata.get("outpaint", {}).get("error")
+    return None if error is None else str(error)
+
+
+def to_item(image: Source, key: str | None = None) -> Item:
+    """An `Item` for a source; the key defaults to the file's or the URL's name."""
+    if isinstance(image, Image.Image):
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG")
+        return Item(key or "image.png", buffer.getvalue(), "image/png")
+    if isinstance(image, bytes):
+        return Item(key or "image", image)
+    text = os.fspath(image)
+    if text.startswith(("http://", "https://")):
+        return Item(key or url_name(text), text)
+    return Item(key or Path(text).name, Path(text))
+
+
+def url_name(url: str) -> str:
+    """A file name for a URL: the last part of its path, or "image"."""
+    return PurePosixPath(urlsplit(url).path).name or "image"
+
+
+def _items(images: Iterable[Source] | Mapping[str, Source]) -> Iterator[Item]:
+    """Items with distinct keys: a repeated name gets its position appended."""
+    pairs: Iterable[tuple[str | None, Source]] = (
+        images.items() if isinstance(images, Mapping) else ((None, image) for image in images)
+    )
+    seen: set[str] = set()
+    for index, (key, image) in enumerate(pairs):
+        item = to_item(image, key)
+        if item.key in seen:
+            path = PurePosixPath(item.key)
+            item.key = f"{path.stem}-{index}{path.suffix}"
+        seen.add(item.key)
+        yield item
+
+
+def _decoded(item: Item) -> Image.Image:
+    image = Image.open(io.BytesIO(item.read_bytes()))
+    image.load()
+    return image

@@ -1,0 +1,349 @@
+"""The report of a batch: an HTML contact sheet and a PNG of it, each original beside its results.
+
+Each result is shown with the original's rectangle outlined (everything outside it was
+generated), with the ratios of each call, the units spent and, for an input that failed, the
+error. Thumbnails (at most 256 x 160) are written once, to `report-files/` beside the report,
+so that the page stays light for big batches; each links to the full image.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import os
+import textwrap
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from hooks import Item
+
+THUMB_SIZE = (256, 160)
+FILES = "report-files"
+MAX_SHEET_ROWS = 100
+"""The PNG shows at most this many inputs (the HTML shows all); a note says how many more."""
+
+OUTLINE = "#ff00c8"
+BOX_COLOUR = (255, 0, 200)
+FAILED_COLOUR = (190, 20, 20)
+MARGIN, GAP, LINE = 16, 12, 16
+
+
+@dataclass
+class Picture:
+    """One thumbnail of the report, and what it shows."""
+
+    thumb: Path
+    thumb_size: tuple[int, int]
+    link: Path | None
+    size: tuple[int, int]
+    box: tuple[int, int, int, int] | None
+    caption: str
+
+
+@dataclass
+class Row:
+    """One input: its original, its results, and what was done or went wrong."""
+
+    key: str
+    original: Picture | None = None
+    results: list[Picture] = field(default_factory=list)
+    details: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+class ContactSheet:
+    """Collects the inputs of a batch as they finish; `write` makes report.html and report.png."""
+
+    def __init__(self, folder: Path, *, title: str, settings: dict[str, str]) -> None:
+        self.folder = Path(folder)
+        self.files = self.folder / FILES
+        self.files.mkdir(parents=True, exist_ok=True)
+        self.title = title
+        self.settings = settings
+        self.rows: list[Row] = []
+
+    def add(self, key: str, outputs: list[tuple[Item, Path | None]], source: Item | None) -> Row:
+        """Record one input: its output items with the files they were written to (a failed
+        input gives its own item and no file); `source` is the input, for a failure's preview."""
+        row = Row(key)
+        number = len(self.rows)
+        self.rows.append(row)
+        first = outputs[0][0].metadata.get("outpaint", {})
+        if "error" in first:
+            row.error = str(first["error"])
+            row.original = self._original_from_source(number, source)
+            return row
+        if "skipped" in first:
+            row.details.append(str(first["skipped"]))
+            item, path = outputs[0]
+            image = _open(item.read_bytes())
+            row.original = self._picture(number, 0, image, None, None, "original")
+            row.results.append(self._picture(number, 1, image, path, None, "unchanged"))
+            return row
+        for index, (item, path) in enumerate(outputs, start=1):
+            meta = item.metadata["outpaint"]
+            image = _open(item.read_bytes())
+            left, top, right, bottom = meta["box"]
+            box = (left, top, right, bottom)
+            if row.original is None:
+                row.original = self._picture(number, 0, image.crop(box), None, None, "original")
+            caption = f"variant {meta['variant']}: {image.width} x {image.height}"
+            row.results.append(self._picture(number, index, image, path, box, caption))
+        row.details = _details(first)
+        return row
+
+    def write(self, summary: dict[str, Any]) -> tuple[Path, Path]:
+        """Write report.html and report.png into the folder; their paths."""
+        html_path = self.folder / "report.html"
+        png_path = self.folder / "report.png"
+        html_path.write_text(self._html(summary), encoding="utf-8")
+        self._sheet(summary).save(png_path)
+        return html_path, png_path
+
+    # -- thumbnails ----------------------------------------------------------------------------
+
+    def _picture(
+        self,
+        number: int,
+        index: int,
+        image: Image.Image,
+        link: Path | None,
+        box: tuple[int, int, int, int] | None,
+        caption: str,
+    ) -> Picture:
+        thumb = self.files / f"{number}-{index}.jpg"
+        small = image.convert("RGB")
+        small.thumbnail(THUMB_SIZE, Image.Resampling.LANCZOS)
+        small.save(thumb, "JPEG", quality=85)
+        return Picture(thumb, small.size, link, image.size, box, caption)
+
+    def _original_from_source(self, number: int, source: Item | None) -> Picture | None:
+        """A preview of a failed input, when it can be read as an image at all."""
+        if source is None:
+            return None
+        try:
+            image = ImageOps.exif_transpose(_open(source.read_bytes()))
+        except Exception:  # not an image, unreadable, unreachable: the error says why
+            return None
+        return self._picture(number, 0, image, None, None, "original")
+
+    # -- HTML ----------------------------------------------------------------------------------
+
+    def _html(self, summary: dict[str, Any]) -> str:
+        rows = "\n".join(self._html_row(row) for row in self.rows)
+        settings = " · ".join(f"{name} {value}" for name, value in self.settings.items())
+        pictures = sum((row.original is not None) + len(row.results) for row in self.rows)
+        return _PAGE.format(
+            title=_e(self.title),
+            settings=_e(settings),
+            totals=_e(_totals(summary)),
+            when=_e(datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")),
+            expected=pictures,
+            rows=rows,
+            outline=OUTLINE,
+        )
+
+    def _html_row(self, row: Row) -> str:
+        none = '<div class="none">no preview</div>'
+        figures = [self._html_figure(row.original) if row.original else none]
+        figures += [self._html_figure(picture) for picture in row.results]
+        notes = "".join(f"<li>{_e(line)}</li>" for line in row.details)
+        error = f'<p class="error">{_e(row.error)}</p>' if row.error else ""
+        status = "failed" if row.error else "done"
+        return (
+            f'<section class="row {status}" data-key="{_e(row.key)}">'
+            f"<h2>{_e(row.key)}</h2>"
+            f'<div class="pictures">{"".join(figures)}</div>'
+            f"{error}<ul>{notes}</ul></section>"
+        )
+
+    def _html_figure(self, picture: Picture) -> str:
+        thumb = picture.thumb_size
+        image = (
+            f'<img src="{self._href(picture.thumb)}" width="{thumb[0]}" height="{thumb[1]}" '
+            f'alt="{_e(picture.caption)}">'
+        )
+        if picture.box:
+            width, height = picture.size
+            left, top, right, bottom = picture.box
+            style = (
+                f"left:{100 * left / width:.3f}%;top:{100 * top / height:.3f}%;"
+                f"width:{100 * (right - left) / width:.3f}%;"
+                f"height:{100 * (bottom - top) / height:.3f}%"
+            )
+            image += f'<span class="box" style="{style}"></span>'
+        frame = f'<span class="frame">{image}</span>'
+        if picture.link is not None:
+            frame = f'<a href="{self._href(picture.link)}">{frame}</a>'
+        return f"<figure>{frame}<figcaption>{_e(picture.caption)}</figcaption></figure>"
+
+    def _href(self, path: Path) -> str:
+        return quote(Path(os.path.relpath(path, self.folder)).as_posix())
+
+    # -- PNG -----------------------------------------------------------------------------------
+
+    def _sheet(self, summary: dict[str, Any]) -> Image.Image:
+        """The contact sheet as one image, drawn with Pillow (no browser needed)."""
+        font = _font(13)
+        bold = _font(15)
+        shown = self.rows[:MAX_SHEET_ROWS]  # read here, so that tests can lower it
+        columns = max([1 + len(row.results) for row in shown] or [1])
+        width = max(2 * MARGIN + columns * (THUMB_SIZE[0] + GAP), 720)
+        chars = max((width - 2 * MARGIN) // 7, 40)
+        header = [
+            self.title,
+            *textwrap.wrap(" · ".join(f"{k} {v}" for k, v in self.settings.items()), chars),
+            _totals(summary),
+            "outlined: the original; outside the outline: generated",
+        ]
+        if len(self.rows) > len(shown):
+            header.append(f"showing {len(shown)} of {len(self.rows)} inputs; see report.html")
+        layouts = [_row_lines(row, chars) for row in shown]
+        row_height = THUMB_SIZE[1] + LINE + GAP
+        height = MARGIN + (len(header) + 1) * LINE
+        height += sum(row_height + (1 + len(lines)) * LINE + GAP for lines in layouts) + MARGIN
+        sheet = Image.new("RGB", (width, height), "white")
+        draw = ImageDraw.Draw(sheet)
+        y = MARGIN
+        for number, text in enumerate(header):
+            draw.text((MARGIN, y), text, fill="black", font=bold if number == 0 else font)
+            y += LINE
+        y += LINE
+        for row, lines in zip(shown, layouts, strict=True):
+            draw.line((MARGIN, y - GAP // 2, width - MARGIN, y - GAP // 2), fill=(210, 210, 210))
+            draw.text((MARGIN, y), row.key, fill="black", font=bold)
+            y += LINE + 4
+            pictures = ([row.original] if row.original else [None]) + list(row.results)
+            for column, picture in enumerate(pictures):
+                x = MARGIN + column * (THUMB_SIZE[0] + GAP)
+                _draw_picture(sheet, draw, picture, x, y, font)
+            y += row_height
+            for line in lines:
+                colour = FAILED_COLOUR if row.error else (60, 60, 60)
+                draw.text((MARGIN, y), line, fill=colour, font=font)
+                y += LINE
+            y += GAP
+        return sheet
+
+
+def _draw_picture(
+    sheet: Image.Image,
+    draw: ImageDraw.ImageDraw,
+    picture: Picture | None,
+    x: int,
+    y: int,
+    font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
+) -> None:
+    if picture is None:
+        draw.rectangle((x, y, x + THUMB_SIZE[0], y + THUMB_SIZE[1]), outline=(180, 180, 180))
+        draw.text((x + 8, y + 8), "no preview", fill=(120, 120, 120), font=font)
+        return
+    with Image.open(picture.thumb) as thumb:
+        thumb.load()
+        sheet.paste(thumb, (x, y))
+        if picture.box:
+            scale_x = thumb.width / picture.size[0]
+            scale_y = thumb.height / picture.size[1]
+            left, top, right, bottom = picture.box
+            outline = (
+                x + round(left * scale_x),
+                y + round(top * scale_y),
+                x + round(right * scale_x) - 1,
+                y + round(bottom * scale_y) - 1,
+            )
+            draw.rectangle(outline, outline=BOX_COLOUR, width=2)
+        draw.text((x, y + thumb.height + 2), picture.caption, fill="black", font=font)
+
+
+def _row_lines(row: Row, chars: int) -> list[str]:
+    if row.error:
+        return textwrap.wrap(f"failed: {row.error}", chars)[:4]
+    return [part for line in row.details for part in textwrap.wrap(line, chars)]
+
+
+def _details(meta: dict[str, Any]) -> list[str]:
+    """The lines under a row: the ratios of each call, the units, what was done to fit it."""
+    passes = meta.get("passes") or []
+    lines = []
+    for number, ratios in enumerate(passes, start=1):
+        label = f"call {number} of {len(passes)}" if len(passes) > 1 else "ratios"
+        lines.append(f"{label}: {format_ratios(ratios)}")
+    lines.append(f"units: {float(meta.get('units') or 0.0):g}")
+    changes = (meta.get("upload") or {}).get("changes") or []
+    if changes:
+        lines.append("upload: " + "; ".join(changes))
+    return lines
+
+
+def format_ratios(ratios: dict[str, float]) -> str:
+    """ "up 0.1495 down 0.1495 left 0.6547 right 0.6547" from the API's field names."""
+    sides = ("up", "down", "left", "right")
+    return " ".join(f"{side} {ratios[f'{side}_expansion_ratio']:.4f}" for side in sides)
+
+
+def _totals(summary: dict[str, Any]) -> str:
+    return (
+        f"{summary.get('done', 0)} done, {summary.get('failed', 0)} failed, "
+        f"{summary.get('skipped', 0)} skipped (budget); {summary.get('results', 0)} results; "
+        f"{summary.get('units', 0):g} units; {summary.get('seconds', 0):.1f} s"
+    )
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default(size)
+
+
+def _open(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+def _e(text: str) -> str:
+    return html.escape(text, quote=True)
+
+
+_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{title}</title>
+<style>
+body {{ font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; }}
+header p {{ margin: 2px 0; color: #555; }}
+.row {{ border-top: 1px solid #ddd; padding: 12px 0; }}
+.row h2 {{ font-size: 15px; margin: 0 0 8px; }}
+.pictures {{ display: flex; flex-wrap: wrap; gap: 12px; align-items: flex-start; }}
+figure {{ margin: 0; }}
+figcaption {{ font-size: 12px; color: #444; }}
+.frame {{ position: relative; display: inline-block; line-height: 0; }}
+.box {{ position: absolute; outline: 2px solid {outline}; outline-offset: -2px; }}
+.none {{ width: 256px; height: 160px; border: 1px dashed #bbb; color: #888; padding: 8px; }}
+.error {{ color: #b01414; font-weight: 600; white-space: pre-wrap; }}
+ul {{ margin: 6px 0 0; padding-left: 18px; color: #555; font-size: 12px; }}
+</style>
+</head>
+<body data-images-expected="{expected}">
+<header>
+<h1>{title}</h1>
+<p>{settings}</p>
+<p>{totals}</p>
+<p>{when}; the outline is the original, everything outside it was generated.</p>
+</header>
+{rows}
+<script>
+window.addEventListener("load", function () {{
+  var images = Array.prototype.slice.call(document.images);
+  var loaded = images.filter(function (i) {{ return i.complete && i.naturalWidth > 0; }});
+  document.body.dataset.imagesLoaded = String(loaded.length);
+  document.body.dataset.imagesFailed = String(images.length - loaded.length);
+}});
+</script>
+</body>
+</html>
+"""

@@ -1,0 +1,137 @@
+"""The PostgreSQL ledger against a real server: the SQLite ledger's guarantees, shared."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from hooks import Item
+from kling_expand_plugin.ledger import SqliteLedger, StoredBytes, open_ledger
+from kling_expand_plugin.localserver import LocalServer
+from kling_expand_plugin.models import Task
+from kling_expand_plugin.stage import OutpaintStage
+
+from .conftest import KEYS, picture, require
+
+ENDPOINT = "https://kling.example"
+
+
+def task(external_id: str, status: str = "processing", images: int = 0) -> Task:
+    return Task.from_json(
+        {
+            "task_id": f"task-{external_id}",
+            "task_status": status,
+            "task_info": {"external_task_id": external_id},
+            "final_unit_deduction": "1" if status == "succeed" else None,
+            "task_result": {
+                "images": [{"index": i, "url": f"http://x/{i}.png"} for i in range(images)]
+            },
+        }
+    )
+
+
+def test_open_ledger_picks_postgres_for_a_url_and_sqlite_for_a_path(fresh_postgres, tmp_path):
+    sqlite = open_ledger(str(tmp_path / "ledger.sqlite"))
+    postgres = open_ledger(fresh_postgres)
+    try:
+        assert isinstance(sqlite, SqliteLedger)
+        assert type(postgres).__name__ == "PostgresLedger"
+        assert str(postgres.path).startswith("postgresql://kling@127.0.0.1:")
+    finally:
+        sqlite.close()
+        postgres.close()
+
+
+def test_a_task_goes_from_intent_to_complete_with_its_results_in_the_database(fresh_postgres):
+    ledger = open_ledger(fresh_postgres)
+    try:
+        assert ledger.entry(ENDPOINT, "kep-1") is None
+        ledger.intend(ENDPOINT, "kep-1", "a.png")
+        entry = ledger.entry(ENDPOINT, "kep-1")
+        assert entry is not None and entry.status == "creating" and entry.task_id is None
+        ledger.record(ENDPOINT, task("kep-1"))
+        ledger.record(ENDPOINT, task("kep-1", "succeed", images=2))
+        ledger.store_result(ENDPOINT, "kep-1", 0, b"first")
+        partial = ledger.entry(ENDPOINT, "kep-1")
+        assert partial is not None and not partial.complete  # one of two results stored
+        ledger.store_result(ENDPOINT, "kep-1", 1, b"second")
+    finally:
+        ledger.close()
+    again = open_ledger(fresh_postgres)  # another worker, another connection
+    try:
+        entry = again.entry(ENDPOINT, "kep-1")
+        assert entry is not None and entry.complete and entry.task_id == "task-kep-1"
+        assert entry.units == "1" and entry.source_key == "a.png"
+        assert [result.read_bytes() for result in entry.results] == [b"first", b"second"]
+        assert all(isinstance(result, StoredBytes) for result in entry.results)
+        assert again.entry("https://other.example", "kep-1") is None  # keyed by endpoint too
+    finally:
+        again.close()
+
+
+def test_workers_intending_one_external_id_at_once_share_one_row(fresh_postgres):
+    ledgers = [open_ledger(fresh_postgres) for _ in range(6)]
+    start = threading.Barrier(len(ledgers))
+
+    def intend(ledger, number):
+        start.wait()
+        ledger.intend(ENDPOINT, "kep-shared", f"from-worker-{number}.png")
+
+    threads = [
+        threading.Thread(target=intend, args=(ledger, n)) for n, ledger in enumerate(ledgers)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    import psycopg
+
+    with psycopg.connect(fresh_postgres) as db:
+        rows = db.execute(
+            "SELECT count(*) FROM kling_expand_tasks WHERE external_id = 'kep-shared'"
+        ).fetchone()
+    for ledger in ledgers:
+        ledger.close()
+    assert rows == (1,)
+
+
+def test_the_password_never_shows():
+    require("psycopg")
+    from kling_expand_plugin.ledger_postgres import describe
+
+    described = describe("postgresql://user:hunter2-secret@db.example:5433/kling?sslmode=require")
+    assert described == "postgresql://user@db.example:5433/kling"
+    assert "hunter2" not in describe("host=db.example user=u password=hunter2 dbname=k")
+
+
+def test_the_stage_with_a_postgres_ledger_pays_once_across_runs(fresh_postgres, monkeypatch):
+    for name, value in KEYS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("KLING_API_KEY", raising=False)
+    inputs = [Item(f"img{n}.png", picture(n)) for n in range(4)]
+    server = LocalServer(
+        access_key=KEYS["KLING_ACCESS_KEY"],
+        secret_key=KEYS["KLING_SECRET_KEY"],
+        latency=0.05,
+        concurrency=4,
+        fill_method="fast",
+    )
+    with server:
+        first = OutpaintStage(endpoint=server.url, aspect="16:9", ledger=fresh_postgres)
+        results = list(first(inputs))
+        second = OutpaintStage(endpoint=server.url, aspect="16:9", ledger=fresh_postgres)
+        again = list(second(inputs))
+        stats = server.stats()
+    assert len(results) == 4 and second.summary["from_ledger"] == 4
+    assert second.summary["created"] == 0
+    assert sum(stats["create_attempts_by_external_id"].values()) == 4
+    assert [r.read_bytes() for r in results] == [r.read_bytes() for r in again]
+
+
+@pytest.mark.parametrize("spec", ["postgresql://", "postgres://"])
+def test_both_url_schemes_are_databases(spec):
+    from kling_expand_plugin.ledger import is_database_url
+
+    assert is_database_url(spec + "u@h/db")
+    assert not is_database_url("ledger.sqlite")

@@ -1,0 +1,56 @@
+"""The README's "Running on a cluster" example runs, on the test Ray instance."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from kling_expand_plugin.localserver import LocalServer
+
+from .conftest import KEYS, unavailable
+
+ROOT = Path(__file__).parents[2]
+EXAMPLE_URL = "http://127.0.0.1:8765"
+
+
+def test_the_cluster_example_runs(ray_cluster, tmp_path):
+    import ray
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    if "## Running on a cluster" not in readme:
+        unavailable('the README has no "## Running on a cluster" section')
+    section = readme.split("## Running on a cluster", 1)[1].split("\n## ", 1)[0]
+    example = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert example, "no python example under ## Running on a cluster"
+    assert EXAMPLE_URL in example.group(1)
+    shutil.copytree(ROOT / "sample_data", tmp_path / "sample_data")
+    server = LocalServer(
+        access_key=KEYS["KLING_ACCESS_KEY"],
+        secret_key=KEYS["KLING_SECRET_KEY"],
+        latency=0.1,
+        concurrency=4,
+        fill_method="fast",
+    )
+    with server:
+        code = example.group(1).replace(EXAMPLE_URL, server.url)
+        # The example's ray.init() joins the test's Ray instance instead of starting another.
+        env = {**os.environ, **KEYS, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        stats = server.stats()
+    assert done.returncode == 0, done.stderr[-3000:]
+    photos = sorted(p.stem for p in (ROOT / "sample_data" / "photos").iterdir())
+    written = sorted(p.name for p in (tmp_path / "out" / "cluster" / "images").iterdir())
+    assert written == [f"{stem}-0.png" for stem in photos]
+    assert stats["max_slots_in_use"] <= 4
+    assert set(stats["creates_by_external_id"].values()) == {1}
