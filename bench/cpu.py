@@ -80,7 +80,8 @@ def main() -> int:
     items = inputs(args.copies)
     pillow_floor(items[:2])  # warm up the codecs outside the measurement
     with server_process(latency=0.2, concurrency=8) as url:
-        stage_cpu(url, [Item("warm-up.png", picture(0, (400, 300)))])  # warm up imports and connections likewise
+        # Warm up imports and connections likewise, on a picture of its own (its own task).
+        stage_cpu(url, [Item("warm-up.png", picture(0, (400, 300)))])
         stage = stage_cpu(url, items) / len(items)
     floor = pillow_floor(items) / len(items)
     print(f"{len(items)} images ({', '.join(p.name for p in sorted(PHOTOS.iterdir()))})")

@@ -3,10 +3,12 @@
 N distinct 400 x 300 pictures go through the outpaint stage (16:9) against the local server
 (in its own process) whose tasks take L seconds each and whose account has K slots. The best
 any client can do is K tasks every L seconds: K/L images/s, or ceil(N/K) * L seconds for the
-batch. Prints the stage's images/s against both, and the same for the baseline (one task at a
-time, polling every second) on a smaller batch.
+batch. Prints the stage's images/s against both, in callback and in polling mode, the share of
+slot-seconds the server's tasks filled, and the baseline's images/s (one task at a time,
+polling every second) on a smaller batch.
 
-Headline: `ratio`, the batch's images/s over K/L, the figure the issue asks for.
+Headline (`ratio`, last line): polling mode, the default, in steady state (the results after
+the first K, leaving out the ramp up to K tasks at once) over K/L.
 
 Run: .venv/bin/python bench/throughput.py [--n 200] [--latency 1.0] [--slots 20]
 """

@@ -127,7 +127,9 @@ class OutpaintStage:
             raise OptionError("slots", "is for Python callers only: a Slots object to share")
         self.slots = slots  # None: a pool of `concurrency` slots per run; else shared, say by Ray
         if not isinstance(ledger, str) or not ledger:
-            raise OptionError("ledger", 'give "auto" or the path of a SQLite file')
+            raise OptionError(
+                "ledger", 'give "auto", the path of a SQLite file or a postgresql:// URL'
+            )
         self.ledger_path = ledger
         self.callback = _address(callback) if callback is not None else None
         if callback_url is not None and not callback_url.startswith(("http://", "https://")):

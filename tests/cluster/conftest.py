@@ -52,7 +52,7 @@ def picture(number: int) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def postgres_dsn() -> Iterator[str]:
     """A PostgreSQL URL: $KLING_TEST_POSTGRES_DSN, or a throw-away server on 127.0.0.1."""
     require("psycopg")
@@ -132,29 +132,22 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """A local Ray instance on this machine's 2 CPUs, with the test credentials in its
-    workers' environment (they inherit it from here) and the tests importable."""
+    workers' environment and the tests importable there."""
     require("ray")
     import ray
 
-    saved = {name: os.environ.get(name) for name in KEYS}
-    os.environ.update(KEYS)
     root = str(Path(__file__).resolve().parents[2])
     ray.init(
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,
-        runtime_env={"env_vars": {"PYTHONPATH": root}},
+        runtime_env={"env_vars": {**KEYS, "PYTHONPATH": root}},
         _temp_dir=str(tmp_path_factory.mktemp("ray")),
     )
     try:
         yield
     finally:
         ray.shutdown()
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value

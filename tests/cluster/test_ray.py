@@ -115,8 +115,10 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_pays_once(
     assert set(stats["creates_by_external_id"].values()) == {1}
     assert len(stats["creates_by_external_id"]) == IMAGES
     assert stats["max_slots_in_use"] <= K and broker_stats["max_in_use"] <= K
-    # A create is posted again only when the kill fell between posting it and its answer.
-    assert max(stats["create_attempts_by_external_id"].values()) <= 2
+    # Never even posted twice: the retried batch found each task the dead worker had started in
+    # the shared ledger (with a ledger per worker, it posts again and the server answers "already
+    # used"; what the real service answers then is undocumented).
+    assert set(stats["create_attempts_by_external_id"].values()) == {1}
     deadline = time.monotonic() + 10  # the dead worker's lease, if any, runs out
     while ray.get(broker.stats.remote())["in_use"] and time.monotonic() < deadline:
         time.sleep(0.2)
