@@ -115,6 +115,14 @@ def prepare(
             plan = plan_expansion(*content, target, scale=scale)
         except PlanError as exc:
             raise FitError(item.key, str(exc), "the API's expansion limits") from None
+        padded = plan.upload_size
+        if padded[0] * padded[1] > options.max_pixels:
+            raise FitError(
+                item.key,
+                f"padding {content[0]} x {content[1]} into the API's aspect range would take "
+                f"{padded[0]} x {padded[1]} pixels",
+                f"max_pixels = {options.max_pixels}",
+            )
         upload = _build_upload(item, decoded, plan, scale, options.background)
         if upload is not None:
             return decoded, upload, plan

@@ -130,6 +130,11 @@ class CallbackReceiver:
         """The bound port."""
         return int(self._httpd.server_address[1])
 
+    @property
+    def verifies_signatures(self) -> bool:
+        """Whether deliveries must carry a valid Standard Webhooks signature."""
+        return self._secret is not None
+
     def url_for(self, external_task_id: str) -> str:
         """The callback_url to create the task `external_task_id` with."""
         return f"{self._base_url}{CALLBACK_PATH}{self._token(external_task_id)}"

@@ -137,7 +137,6 @@ class OutpaintStage:
         if callback_url is not None and callback is None:
             raise OptionError("callback_url", "goes with callback (the address to listen on)")
         self.callback_url = callback_url
-        self.webhook_secret = os.environ.get(WEBHOOK_SECRET_ENV) or None
         self.endpoint = endpoint
         if endpoint == "local":
             self.credentials = None
@@ -216,6 +215,7 @@ class OutpaintStage:
 
     def _runner(self, stack: contextlib.ExitStack) -> TaskRunner:
         """The client, ledger, receiver and slots of one run, closed by `stack` at its end."""
+        webhook_secret = os.environ.get(WEBHOOK_SECRET_ENV) or None  # read now, kept nowhere
         if self.endpoint == "local":
             from .localserver import LocalServer
 
@@ -226,7 +226,7 @@ class OutpaintStage:
                     secret_key=secret_key,
                     latency=self.local_latency,
                     concurrency=self.concurrency,
-                    webhook_secret=self.webhook_secret,
+                    webhook_secret=webhook_secret,
                 )
             )
             log.info("outpaint: local Kling server at %s", server.url)
@@ -255,7 +255,7 @@ class OutpaintStage:
             host, port = self.callback
             receiver = stack.enter_context(
                 CallbackReceiver(
-                    host, port, public_url=self.callback_url, webhook_secret=self.webhook_secret
+                    host, port, public_url=self.callback_url, webhook_secret=webhook_secret
                 )
             )
         return TaskRunner(

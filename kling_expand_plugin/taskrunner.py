@@ -9,6 +9,7 @@ back.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import random
@@ -205,27 +206,33 @@ class TaskRunner:
         started = time.monotonic()
         deadline = started + self.timeout
         delays = self.polling.delays(started)
+        next_poll = started + next(delays)
         try:
             while not task.finished:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                now = time.monotonic()
+                if now >= deadline:
                     raise WaitTimeout(task.task_id, self.timeout, task)
-                delay = min(next(delays), remaining)
-                if self.receiver is not None:
-                    # Polling is only the fallback for deliveries that never come.
-                    wait = min(delay * CALLBACK_POLLING_SLOWDOWN, remaining)
+                if now < next_poll:
+                    if self.receiver is None:
+                        time.sleep(min(next_poll, deadline) - now)
+                        continue
+                    wait = min(next_poll, deadline) - now
                     delivered = self.receiver.wait(external_id, wait, after=task.status)
-                    if delivered is not None:
+                    if delivered is None:
+                        continue
+                    if self.receiver.verifies_signatures or not delivered.finished:
                         task = delivered
                         continue
-                else:
-                    time.sleep(delay)
+                    # An unsigned delivery could be forged: confirm an end with the API.
                 try:
                     task = self.client.get(task.task_id)
                 except KlingError as error:
                     if not error.retryable:
                         raise
                     log.warning("polling task %s: %s; polling on", task.task_id, error)
+                # Polling is only the fallback for deliveries that never come.
+                slowdown = CALLBACK_POLLING_SLOWDOWN if self.receiver is not None else 1
+                next_poll = time.monotonic() + next(delays) * slowdown
         finally:
             if self.receiver is not None:
                 self.receiver.forget(external_id)
@@ -247,33 +254,35 @@ class TaskRunner:
 
 
 class Polling:
-    """When to look at a task: soon after the time similar tasks have taken, then often.
+    """When to look at a task: when the quicker of similar tasks have ended, then often.
 
-    Until a task has finished, polling starts fast and backs off; after that, the first look
-    comes shortly before a task's typical duration and the next ones every fiftieth of it,
-    so a finished task is noticed within a few percent of its run time (the API does not
-    limit queries; creates are what count).
+    Until a task has finished, polling starts fast and backs off. After that, the first look
+    comes when a tenth of recent tasks had ended, and the next ones every fiftieth of their
+    median duration, so a finished task is noticed within a few percent of its run time (the
+    API does not limit queries; creates are what count).
     """
 
     def __init__(self, first: float = 0.25, longest: float = 5.0, shortest: float = 0.02) -> None:
         self.first, self.longest, self.shortest = first, longest, shortest
-        self.typical: float | None = None
+        self._recent: collections.deque[float] = collections.deque(maxlen=64)
         self._lock = threading.Lock()
 
     def observe(self, seconds: float) -> None:
         """Learn from a task that took `seconds` from its create (or re-attach) to its end."""
         with self._lock:
-            self.typical = seconds if self.typical is None else 0.8 * self.typical + 0.2 * seconds
+            self._recent.append(seconds)
 
     def delays(self, started: float) -> Iterator[float]:
         """The waits before each look at a task that started (monotonic clock) at `started`."""
-        typical = self.typical
-        if typical is None:
+        with self._lock:
+            recent = sorted(self._recent)
+        if not recent:
             delay = self.first
             while True:
                 yield delay * random.uniform(0.9, 1.1)
                 delay = min(delay * 1.5, self.longest)
-        yield max(self.shortest, 0.9 * typical - (time.monotonic() - started))
-        step = min(max(typical / 50, self.shortest), self.longest)
+        quick, median = recent[len(recent) // 10], recent[len(recent) // 2]
+        yield max(self.shortest, quick - (time.monotonic() - started))
+        step = min(max(median / 50, self.shortest), self.longest)
         while True:
             yield step

@@ -15,6 +15,7 @@ import json
 import logging
 import re
 import socket
+import sys
 import threading
 import uuid
 from collections import Counter
@@ -184,6 +185,14 @@ class _HTTPServer(ThreadingHTTPServer):
         if ":" in app.host:
             self.address_family = socket.AF_INET6
         super().__init__((app.host, app._requested_port), _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away mid-request is routine; anything else is logged, not printed."""
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError | TimeoutError):
+            log.debug("client %s went away: %s", client_address, type(error).__name__)
+        else:
+            log.exception("unexpected error serving a request from %s", client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -152,6 +152,12 @@ def test_forged_replayed_stale_and_unsigned_deliveries_are_refused_mid_batch(
             timeout=30,
         )
         out = list(stage(Item(f"cb{n:02d}.png", picture(n)) for n in range(IMAGES)))
+        deadline = time.monotonic() + 10  # let the last deliveries settle
+        while time.monotonic() < deadline:
+            counts = server.stats()["callbacks"]
+            if counts["queued"] == counts["sent"] + counts["dropped"] + counts["failed"]:
+                break
+            time.sleep(0.05)
         stats = server.stats()
 
     assert [item.metadata["outpaint"].get("error") for item in out] == [None] * IMAGES
@@ -168,4 +174,6 @@ def test_forged_replayed_stale_and_unsigned_deliveries_are_refused_mid_batch(
     assert by_kind["other task's url"] <= {(403, "wrong_token")}
     assert by_kind["replay"] == {(200, "replayed")}
     assert {status for status, _ in by_kind["genuine"]} == {200}
-    assert sum(relay.outcomes[key] for key in relay.outcomes if key[0] == "genuine") == sent
+    genuine = sum(relay.outcomes[key] for key in relay.outcomes if key[0] == "genuine")
+    # A delivery still in flight as the stage stops is relayed but counted failed by the server.
+    assert sent <= genuine <= sent + stats["callbacks"]["failed"]

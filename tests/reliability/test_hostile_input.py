@@ -6,10 +6,8 @@ pytest-timeout per test). A flipped bit in a header can make a legitimately larg
 GIF of 4160 x 1664 decodes from a few hundred bytes), whose fitting takes as long as any real
 photo that size; the stage's own `max_pixels` option (2 MP here) bounds the work per case.
 
-Known bug (xfail, strict, below): `max_pixels` is checked on the content but not on the
-padding that brings an extreme aspect ratio into the API's range, so 165 bytes of GIF
-claiming 16448 x 48 become a 16448 x 6580 upload (108 MP, 15 s of fill). The fuzz steps
-around such cases until `prepare` checks the padded size.
+`max_pixels` bounds the padding that brings an extreme aspect ratio into the API's range too:
+165 bytes of GIF claiming 16448 x 48 would otherwise become a 16448 x 6580 upload.
 """
 
 from __future__ import annotations
@@ -20,12 +18,11 @@ import zlib
 from datetime import timedelta
 
 import pytest
-from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from hooks import Item
-from kling_expand_plugin import limits
 from kling_expand_plugin.plan import Target
 from kling_expand_plugin.prepare import FitError, FitOptions, prepare
 
@@ -77,21 +74,8 @@ def png_claiming(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + body
 
 
-def padded_pixels(data: bytes) -> int:
-    """Pixels of the image once padded into the API's aspect range (0 if Pillow cannot tell)."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-    except Exception:
-        return 0
-    width = max(width, round(height * limits.MIN_ASPECT))
-    height = max(height, round(width / limits.MAX_ASPECT))
-    return width * height
-
-
 def fit(data: bytes) -> None:
     """prepare() the bytes: a fitted upload, or FitError; anything else fails the test."""
-    assume(padded_pixels(data) <= OPTIONS.max_pixels)  # the known bug; see the module's doc
     try:
         _, upload, _ = prepare(Item("fuzz.bin", data), TARGET, OPTIONS)
     except FitError as error:
@@ -150,9 +134,6 @@ def test_the_valid_seeds_fit(name):
     assert min(upload.width, upload.height) >= 300 and plan.passes
 
 
-@pytest.mark.xfail(
-    strict=True, reason="bug: max_pixels is not checked on the padded upload (prepare.prepare)"
-)
 @pytest.mark.timeout(60)
 def test_padding_an_extreme_aspect_ratio_is_held_to_max_pixels():
     wide = encoded("GIF", size=(4_000, 20))  # 80 K pixels; padded, 4000 x 1600 = 6.4 M
