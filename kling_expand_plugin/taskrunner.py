@@ -40,9 +40,6 @@ log = logging.getLogger(__name__)
 CONCURRENCY_BACKOFF = (1.0, 30.0)
 """First and longest wait after a 1303 (too many tasks running on the account), in seconds."""
 
-CALLBACK_POLLING_SLOWDOWN = 4
-"""With callbacks on, polling (the fallback for lost deliveries) is this many times sparser."""
-
 
 class BudgetReached(RuntimeError):
     """A new task would take the units spent past the stage's budget."""
@@ -205,7 +202,7 @@ class TaskRunner:
         external_id = task.external_task_id or ""
         started = time.monotonic()
         deadline = started + self.timeout
-        delays = self.polling.delays(started)
+        delays = self.polling.delays(started, fallback=self.receiver is not None)
         next_poll = started + next(delays)
         try:
             while not task.finished:
@@ -230,15 +227,13 @@ class TaskRunner:
                     if not error.retryable:
                         raise
                     log.warning("polling task %s: %s; polling on", task.task_id, error)
-                # Polling is only the fallback for deliveries that never come.
-                slowdown = CALLBACK_POLLING_SLOWDOWN if self.receiver is not None else 1
-                next_poll = time.monotonic() + next(delays) * slowdown
+                next_poll = time.monotonic() + next(delays)
         finally:
             if self.receiver is not None:
                 self.receiver.forget(external_id)
         if task.failed:
             raise TaskFailedError(task)
-        self.polling.observe(time.monotonic() - started)
+        self.polling.observe(_run_time(task) or time.monotonic() - started)
         return task
 
     def _download(self, task: Task, image: TaskImage) -> bytes:
@@ -253,13 +248,24 @@ class TaskRunner:
             return self.client.download(urls[image.index])
 
 
+def _run_time(task: Task) -> float | None:
+    """How long the task ran by the server's own clock: our polling's lag left out, so that
+    learning from it does not delay the next look further."""
+    if task.created_at and task.updated_at and task.updated_at > task.created_at:
+        return (task.updated_at - task.created_at) / 1000
+    return None
+
+
 class Polling:
     """When to look at a task: when the quicker of similar tasks have ended, then often.
 
-    Until a task has finished, polling starts fast and backs off. After that, the first look
-    comes when a tenth of recent tasks had ended, and the next ones every fiftieth of their
-    median duration, so a finished task is noticed within a few percent of its run time (the
-    API does not limit queries; creates are what count).
+    Until a task has finished, the looks come a tenth of the time waited so far apart (so the
+    lag is at most a tenth of the task's run time). After that, the first look
+    comes when a tenth of recent tasks had ended, the next after a fiftieth of their median
+    duration, growing to a tenth of it: most tasks are noticed within a few percent of their
+    run time, and none later than a tenth (the API does not limit queries; creates count).
+    With callbacks, polling is the fallback for lost deliveries only: the first look comes
+    at one and a half times the median, then every quarter of it.
     """
 
     def __init__(self, first: float = 0.25, longest: float = 5.0, shortest: float = 0.02) -> None:
@@ -272,17 +278,23 @@ class Polling:
         with self._lock:
             self._recent.append(seconds)
 
-    def delays(self, started: float) -> Iterator[float]:
+    def delays(self, started: float, *, fallback: bool = False) -> Iterator[float]:
         """The waits before each look at a task that started (monotonic clock) at `started`."""
         with self._lock:
             recent = sorted(self._recent)
-        if not recent:
-            delay = self.first
+        if not recent:  # nothing learnt yet: keep the lag within a tenth of the time so far
+            share = 0.4 if fallback else 0.1
             while True:
-                yield delay * random.uniform(0.9, 1.1)
-                delay = min(delay * 1.5, self.longest)
+                elapsed = time.monotonic() - started
+                yield min(max(self.first, share * elapsed), self.longest) * random.uniform(0.9, 1.1)
         quick, median = recent[len(recent) // 10], recent[len(recent) // 2]
-        yield max(self.shortest, quick - (time.monotonic() - started))
-        step = min(max(median / 50, self.shortest), self.longest)
+        elapsed = time.monotonic() - started
+        if fallback:
+            yield max(self.shortest, 1.5 * median - elapsed)
+            while True:
+                yield max(median / 4, self.shortest)
+        yield max(self.shortest, quick - elapsed)
+        step, most = median / 50, min(median / 10, self.longest)
         while True:
-            yield step
+            yield min(max(step, self.shortest), most)
+            step *= 1.15
