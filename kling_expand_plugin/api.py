@@ -55,7 +55,9 @@ def expand(
     **options: Any,
 ) -> list[Image.Image]:
     """The `n` expanded versions of one image; raises the error that stopped it, if any."""
-    stage = OutpaintStage(
+    options.pop("on_error", None)
+    [result] = expand_many(
+        [image],
         aspect=aspect,
         area=area,
         size=size,
@@ -64,9 +66,10 @@ def expand(
         n=n,
         prompt=prompt,
         endpoint=endpoint,
-        **{**options, "on_error": "raise"},
+        on_error="raise",
+        **options,
     )
-    return [_decoded(result) for result in stage([to_item(image)])]
+    return result.images
 
 
 def expand_many(
