@@ -1,14 +1,10 @@
 """The outpaint stage at batch scale, over real HTTP against a local server that outlives it:
-slots, 1303 storms, callbacks, order, the ledger, budgets, and kill -9 in the middle."""
+slots, 1303 storms, callbacks, order, the ledger and budgets. Kill -9 in the middle of a batch
+is tests/reliability/test_crash_resume.py."""
 
 from __future__ import annotations
 
 import io
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -145,56 +141,3 @@ def test_a_failed_task_is_reported_with_its_reason_and_not_paid_for_twice(creden
         stats = local.stats()
     assert first.summary["failed"] == 2 and len(stats["create_attempts_by_external_id"]) == 2
     assert all("failed before" in p.metadata["outpaint"]["error"] for p in passed)
-
-
-CONFIG = """
-[[stages]]
-stage = "load"
-paths = ["{inputs}"]
-
-[[stages]]
-stage = "outpaint"
-endpoint = "{url}"
-aspect = "16:9"
-concurrency = 4
-ledger = "{ledger}"
-
-[[stages]]
-stage = "save"
-folder = "{outputs}"
-"""
-
-
-def test_kill_9_at_any_point_then_resume_pays_once_and_loses_nothing(credentials, tmp_path):
-    inputs, outputs = tmp_path / "in", tmp_path / "out"
-    inputs.mkdir()
-    for item in items(30):
-        (inputs / item.key).write_bytes(item.read_bytes())
-    with server(concurrency=4, latency=0.3) as local:
-        config = tmp_path / "pipeline.toml"
-        config.write_text(
-            CONFIG.format(
-                inputs=inputs, url=local.url, ledger=tmp_path / "ledger.sqlite", outputs=outputs
-            )
-        )
-        command = [sys.executable, "-m", "hooks.cli", "run", str(config)]
-        env = {**os.environ, **KEYS}
-        kills = 0
-        for delay in (0.4, 0.9, 1.3, 0.7, 1.8):
-            process = subprocess.Popen(
-                command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-            )
-            time.sleep(delay)
-            if process.poll() is None:
-                process.send_signal(signal.SIGKILL)
-                kills += 1
-            process.wait(timeout=30)
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
-        stats = local.stats()
-    assert done.returncode == 0, done.stderr
-    assert kills >= 3  # the runs really were cut short
-    assert sorted(p.name for p in outputs.iterdir()) == [f"img{n:03d}-0.png" for n in range(30)]
-    assert set(stats["creates_by_external_id"].values()) == {1}
-    assert len(stats["creates_by_external_id"]) == 30
-    # A create is re-posted only when a kill fell between posting it and recording its answer.
-    assert max(stats["create_attempts_by_external_id"].values()) <= 2
