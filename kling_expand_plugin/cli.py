@@ -970,6 +970,11 @@ def _add_serve(
         "--slow-create-delay", type=float, default=30.0, help="seconds the slow-create fault waits"
     )
     serve.add_argument(
+        "--accept-reused-ids",
+        action="store_true",
+        help="a reused external_task_id makes a new paid task instead of error 1201 (for tests)",
+    )
+    serve.add_argument(
         "--webhook-secret",
         default=os.environ.get("KLING_WEBHOOK_SECRET"),
         help="sign callbacks with this whsec_ secret (also KLING_WEBHOOK_SECRET)",
@@ -998,6 +1003,7 @@ def serve_command(args: argparse.Namespace) -> int:
         webhook_secret=args.webhook_secret,
         rate_limit=args.rate_limit,
         slow_create_delay=args.slow_create_delay,
+        accept_reused_ids=args.accept_reused_ids,
     )
     stop = threading.Event()
 

@@ -81,7 +81,11 @@ class LocalServer:
         max_body_bytes: int = MAX_BODY_BYTES,
         fetch_timeout: float = 10.0,
         callback_timeout: float = 5.0,
+        accept_reused_ids: bool = False,
     ) -> None:
+        """`accept_reused_ids`: a create whose external_task_id is already used makes a new
+        paid task (the contract does not promise Kling refuses it) instead of answering 1201,
+        so that a test can witness a double payment."""
         if fill_method not in METHODS:
             raise ValueError(f"unknown fill method {fill_method!r}; known: {', '.join(METHODS)}")
         self.host = host
@@ -105,6 +109,7 @@ class LocalServer:
             faults=self.faults,
             callbacks=self._callbacks,
             scheduler=self._scheduler,
+            accept_reused_ids=accept_reused_ids,
         )
         self.stopping = threading.Event()
         self._requests: Counter[str] = Counter(dict.fromkeys(ENDPOINTS, 0))

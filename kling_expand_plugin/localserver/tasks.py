@@ -135,6 +135,7 @@ class TaskStore:
         faults: Faults,
         callbacks: CallbackSender,
         scheduler: Scheduler,
+        accept_reused_ids: bool = False,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1 slot")
@@ -152,6 +153,7 @@ class TaskStore:
         self._tasks: dict[str, Task] = {}
         self._by_external: dict[str, Task] = {}
         self._attempts_by_external: Counter[str] = Counter()
+        self._creates_by_external: Counter[str] = Counter()
         self._slots_in_use = 0
         self._max_slots_in_use = 0
 
@@ -165,7 +167,7 @@ class TaskStore:
             external = request.external_task_id
             if external:
                 self._attempts_by_external[external] += 1
-                if external in self._by_external:
+                if external in self._by_external and not self._accept_reused_ids:
                     raise invalid_parameter(
                         f"external_task_id {external!r} is already used by another task"
                     )
@@ -194,7 +196,8 @@ class TaskStore:
             task.failure = self._faults.choose("task-failed", FAILURE_MESSAGES)
             self._tasks[task.task_id] = task
             if external:
-                self._by_external[external] = task
+                self._by_external[external] = task  # a reused id names its newest task
+                self._creates_by_external[external] += 1
             self._notify(task)
             created = task.to_json()
         start = time.monotonic()
@@ -241,12 +244,15 @@ class TaskStore:
         with self._lock:
             by_status = Counter(task.status for task in self._tasks.values())
             return {
-                "creates_by_external_id": {external: 1 for external in sorted(self._by_external)},
+                "creates_by_external_id": dict(sorted(self._creates_by_external.items())),
                 "create_attempts_by_external_id": dict(sorted(self._attempts_by_external.items())),
                 "slots_in_use": self._slots_in_use,
                 "max_slots_in_use": self._max_slots_in_use,
                 "concurrency": self._concurrency,
                 "tasks": {status: by_status.get(status, 0) for status in STATUSES},
+                "units_charged": sum(
+                    task.n for task in self._tasks.values() if task.status == "succeed"
+                ),
             }
 
     def _render(self, task: Task, request: CreateRequest) -> None:
