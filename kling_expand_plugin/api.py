@@ -27,8 +27,9 @@ Source = str | os.PathLike[str] | bytes | Image.Image
 class Expanded(NamedTuple):
     """One input of a batch: its key, its result images, and the error if it failed.
 
-    `metadata` holds each image's `metadata["outpaint"]` (canvas, box, passes, units, ...).
-    An input that already had the target shape comes back as itself, with no task.
+    `metadata` holds each image's `metadata["outpaint"]`, with the same keys for every result
+    (canvas, box, passes, units, unchanged, ...). An input that already had the target shape
+    comes back as one image, itself, with no task (`unchanged` is true).
     """
 
     key: str
@@ -127,14 +128,14 @@ def _expanded(stage: OutpaintStage, items: Iterable[Item], n: int) -> Iterator[E
 def by_source(results: Iterable[Item], n: int) -> Iterator[tuple[str, list[Item]]]:
     """The stage's output grouped per input: (source key, its items), each as soon as complete.
 
-    An input gives `n` results (its last has variant n - 1), or one item handed on unchanged
-    (already the target shape, or failed with `on_error="passthrough"`).
+    An input gives `n` results (its last has variant n - 1), one result (already the target
+    shape: `variants` is 1), or its own item handed on (failed, `on_error="passthrough"`).
     """
     group: list[Item] = []
     for item in results:
         outpaint = item.metadata.get("outpaint", {})
         group.append(item)
-        if "variant" not in outpaint or outpaint["variant"] >= n - 1:
+        if "variant" not in outpaint or outpaint["variant"] >= outpaint.get("variants", n) - 1:
             yield source_key(group[0]), group
             group = []
     if group:  # only when the stage stopped early
@@ -179,9 +180,10 @@ def _items(images: Iterable[Source] | Mapping[str, Source]) -> Iterator[Item]:
     seen: set[str] = set()
     for index, (key, image) in enumerate(pairs):
         item = to_item(image, key)
-        if item.key in seen:
-            path = PurePosixPath(item.key)
-            item.key = f"{path.stem}-{index}{path.suffix}"
+        path, tag = PurePosixPath(item.key), str(index)
+        while item.key in seen:  # a repeated name: its position, then more, until it is new
+            item.key = f"{path.stem}-{tag}{path.suffix}"
+            tag += "-1"
         seen.add(item.key)
         yield item
 

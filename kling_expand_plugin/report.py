@@ -78,8 +78,8 @@ class ContactSheet:
             row.error = str(first["error"])
             row.original = self._original_from_source(number, source)
             return row
-        if "skipped" in first:
-            row.details.append(str(first["skipped"]))
+        if first.get("unchanged"):
+            row.details.append("already the target shape: copied, no task")
             item, path = outputs[0]
             image = _open(item.read_bytes())
             row.original = self._picture(number, 0, image, None, None, "original")
@@ -101,8 +101,11 @@ class ContactSheet:
         """Write report.html and report.png into the folder; their paths."""
         html_path = self.folder / "report.html"
         png_path = self.folder / "report.png"
-        html_path.write_text(self._html(summary), encoding="utf-8")
-        self._sheet(summary).save(png_path)
+        sheet = self._sheet(summary)
+        _replace(html_path, self._html(summary).encode("utf-8"))
+        buffer = io.BytesIO()
+        sheet.save(buffer, "PNG")
+        _replace(png_path, buffer.getvalue())
         return html_path, png_path
 
     # -- thumbnails ----------------------------------------------------------------------------
@@ -183,7 +186,8 @@ class ContactSheet:
         return f"<figure>{frame}<figcaption>{_e(picture.caption)}</figcaption></figure>"
 
     def _href(self, path: Path) -> str:
-        return quote(Path(os.path.relpath(path, self.folder)).as_posix())
+        # fsencode: a file name that is not UTF-8 is linked by its bytes, as the disk has it
+        return quote(os.fsencode(Path(os.path.relpath(path, self.folder)).as_posix()))
 
     # -- PNG -----------------------------------------------------------------------------------
 
@@ -216,7 +220,7 @@ class ContactSheet:
         y += LINE
         for row, lines in zip(shown, layouts, strict=True):
             draw.line((MARGIN, y - GAP // 2, width - MARGIN, y - GAP // 2), fill=(210, 210, 210))
-            draw.text((MARGIN, y), row.key, fill="black", font=bold)
+            draw.text((MARGIN, y), printable(row.key), fill="black", font=bold)
             y += LINE + 4
             pictures = ([row.original] if row.original else [None]) + list(row.results)
             for column, picture in enumerate(pictures):
@@ -262,8 +266,8 @@ def _draw_picture(
 
 def _row_lines(row: Row, chars: int) -> list[str]:
     if row.error:
-        return textwrap.wrap(f"failed: {row.error}", chars)[:4]
-    return [part for line in row.details for part in textwrap.wrap(line, chars)]
+        return textwrap.wrap(printable(f"failed: {row.error}"), chars)[:4]
+    return [part for line in row.details for part in textwrap.wrap(printable(line), chars)]
 
 
 def _details(meta: dict[str, Any]) -> list[str]:
@@ -294,6 +298,13 @@ def _totals(summary: dict[str, Any]) -> str:
     )
 
 
+def _replace(path: Path, data: bytes) -> None:
+    """Write `path` whole or not at all: an interrupt leaves the previous report, not half."""
+    temporary = path.with_name(f".{path.name}.part")
+    temporary.write_bytes(data)
+    temporary.replace(path)
+
+
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size)
 
@@ -305,7 +316,12 @@ def _open(data: bytes) -> Image.Image:
 
 
 def _e(text: str) -> str:
-    return html.escape(text, quote=True)
+    return html.escape(printable(text), quote=True)
+
+
+def printable(text: str) -> str:
+    """`text` as valid Unicode: bytes of a file name that were not UTF-8 shown as U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 _PAGE = """<!doctype html>

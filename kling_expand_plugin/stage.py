@@ -11,7 +11,7 @@ import secrets
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageColor
@@ -22,13 +22,23 @@ from . import limits
 from .auth import Credentials
 from .client import DEFAULT_BASE_URL, ExpandRequest, KlingClient, RetryPolicy
 from .errors import CredentialsError
-from .geometry import Ratios, canvas_for
+from .geometry import Box, Canvas, Ratios, canvas_for
 from .ledger import default_path as default_ledger_path
 from .ledger import is_database_url, open_ledger
+from .output import (
+    NAME_METADATA,
+    OUTPUT_FORMATS,
+    Namer,
+    OutputFormat,
+    Source,
+    encode_result,
+    result_key,
+)
 from .plan import MAX_AREA, Plan, PlanError, Target, parse_anchor, parse_aspect, parse_size
 from .prepare import (
     ANIMATED_POLICIES,
     DEFAULT_MAX_PIXELS,
+    Decoded,
     FitError,
     FitOptions,
     Upload,
@@ -43,6 +53,22 @@ from .window import windowed_map
 log = logging.getLogger(__name__)
 
 ON_ERROR = ("skip", "raise", "passthrough")
+RESULT_FIELDS = (
+    "source_key",
+    "variant",
+    "variants",
+    "unchanged",
+    "task_ids",
+    "external_task_ids",
+    "units",
+    "from_ledger",
+    "passes",
+    "canvas",
+    "box",
+    "mask",
+    "upload",
+)
+"""The keys of every result's `metadata["outpaint"]`."""
 ORDERS = ("input", "completed")
 WEBHOOK_SECRET_ENV = "KLING_WEBHOOK_SECRET"
 
@@ -83,6 +109,9 @@ class OutpaintStage:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_upload_pixels: int | None = None,
         local_latency: float = 1.0,
+        format: str = "auto",
+        quality: int = 92,
+        png_compression: int = 1,
         slots: Slots | None = None,
     ) -> None:
         try:
@@ -106,6 +135,12 @@ class OutpaintStage:
         _one_of("order", order, ORDERS)
         _one_of("on_error", on_error, ON_ERROR)
         _one_of("animated", animated, ANIMATED_POLICIES)
+        _one_of("format", format, OUTPUT_FORMATS)
+        self.output = OutputFormat(
+            format,
+            _whole("quality", quality, low=1, high=100),
+            _whole("png_compression", png_compression, low=0, high=9),
+        )
         self.fit_options = FitOptions(
             animated=animated,
             background=_colour(background),
@@ -176,9 +211,10 @@ class OutpaintStage:
         with contextlib.ExitStack() as stack:
             runner = self._active = self._runner(stack)
             tasks_at_once = self.concurrency // self.n
+            names: dict[int, str] = {}
             results = windowed_map(
-                lambda item: self._expand(runner, item),
-                items,
+                lambda item: self._expand(runner, item, names.pop(id(item))),
+                _named(items, names),
                 window=2 * tasks_at_once,  # the second half prepares and downloads meanwhile
                 ordered=self.order == "input",
             )
@@ -199,6 +235,7 @@ class OutpaintStage:
                         item.metadata["outpaint"] = {"error": str(error)}
                         yield item
             finally:
+                results.close()  # cancel what has not started, wait for what has, before closing
                 self._times = (self._times[0], time.monotonic())
                 log.info(
                     "outpaint: %(done)d done, %(failed)d failed, %(skipped)d skipped "
@@ -276,17 +313,40 @@ class OutpaintStage:
             return Path(folder) / "ledger.sqlite"
         return default_ledger_path()
 
-    def _expand(self, runner: TaskRunner, item: Item) -> list[Item]:
-        """The whole life of one item: prepare, plan, run the calls, stitch."""
+    def preview(self, items: list[Item]) -> list[Item]:
+        """The items this stage would yield for `items` (keys and metadata fields, no image),
+        for the host's checks before anything is paid for; reads only the files' headers."""
+        names, previews = Namer(), []
+        for item in items:
+            name = str(item.metadata.get(NAME_METADATA) or names.name(item.key))
+            try:
+                extension = self.output.extension(_format_of(item))
+            except Exception:  # not an image: it will fail with its error, writing nothing
+                continue
+            for variant in range(self.n):
+                outpaint = dict.fromkeys(RESULT_FIELDS) | {"source_key": item.key}
+                outpaint["variant"] = variant
+                metadata = {**item.metadata, "variant": variant, "outpaint": outpaint}
+                key = result_key(name, variant, extension)
+                previews.append(Item(key, item.image, None, metadata))
+        return previews
+
+    def _expand(self, runner: TaskRunner, item: Item, name: str) -> list[Item]:
+        """The whole life of one item: prepare, plan, run the calls, stitch, encode."""
         decoded, upload, plan = prepare(item, self.target, self.fit_options)
+        source = Source.of(decoded.data)
         if plan.is_empty:
-            log.info("outpaint: %s already has the target shape; passed through", item.key)
-            item.metadata["outpaint"] = {"skipped": "already the target shape"}
-            return [item]
+            log.info("outpaint: %s already has the target shape; copied", item.key)
+            data, extension, media_type = encode_result(
+                _upright(decoded), source, self.output, self.fit_options.background
+            )
+            width, height = decoded.original.size
+            canvas = Canvas(width, height, Box(0, 0, width, height))
+            metadata = self._metadata(item, 0, [], plan, upload, canvas, unchanged=True)
+            return [Item(result_key(name, 0, extension), data, media_type, metadata)]
         if not plan.passes:
             log.warning("outpaint: %s: the target was reached by padding alone", item.key)
         variants, outcomes = self._run_passes(runner, item, upload, plan)
-        stem = PurePosixPath(item.key).with_suffix("").as_posix()
         results = []
         for variant, expanded in enumerate(variants):
             image, canvas = stitch(
@@ -297,25 +357,42 @@ class OutpaintStage:
                 blend=self.blend,
                 match_colour=self.colour_match,
             )
-            metadata = {
-                **item.metadata,
-                "variant": variant,
-                "outpaint": {
-                    "source_key": item.key,
-                    "variant": variant,
-                    "task_ids": [outcome.task_id for outcome in outcomes],
-                    "external_task_ids": [outcome.external_id for outcome in outcomes],
-                    "units": sum(outcome.units or 0.0 for outcome in outcomes),
-                    "from_ledger": all(outcome.from_ledger for outcome in outcomes),
-                    "passes": [ratios.as_dict() for ratios in plan.passes],
-                    "canvas": [canvas.width, canvas.height],
-                    "box": list(canvas.box.as_tuple()),
-                    "mask": _png(generated_mask(canvas)),
-                    "upload": _upload_metadata(upload, plan),
-                },
-            }
-            results.append(Item(f"{stem}-{variant}.png", _png(image), "image/png", metadata))
+            data, extension, media_type = encode_result(
+                image, source, self.output, self.fit_options.background
+            )
+            metadata = self._metadata(item, variant, outcomes, plan, upload, canvas)
+            results.append(Item(result_key(name, variant, extension), data, media_type, metadata))
         return results
+
+    def _metadata(
+        self,
+        item: Item,
+        variant: int,
+        outcomes: list[Outcome],
+        plan: Plan,
+        upload: Upload,
+        canvas: Canvas,
+        *,
+        unchanged: bool = False,
+    ) -> dict[str, Any]:
+        """A result's metadata: the same keys (RESULT_FIELDS) whatever happened to the input."""
+        outpaint = {
+            "source_key": item.key,
+            "variant": variant,
+            "variants": 1 if unchanged else self.n,
+            "unchanged": unchanged,
+            "task_ids": [outcome.task_id for outcome in outcomes],
+            "external_task_ids": [outcome.external_id for outcome in outcomes],
+            "units": sum(outcome.units or 0.0 for outcome in outcomes),
+            "from_ledger": bool(outcomes) and all(outcome.from_ledger for outcome in outcomes),
+            "passes": [ratios.as_dict() for ratios in plan.passes],
+            "canvas": [canvas.width, canvas.height],
+            "box": list(canvas.box.as_tuple()),
+            "mask": _png(generated_mask(canvas)),
+            "upload": _upload_metadata(upload, plan),
+        }
+        assert set(outpaint) == set(RESULT_FIELDS)
+        return {**item.metadata, "variant": variant, "outpaint": outpaint}
 
     def _run_passes(
         self, runner: TaskRunner, item: Item, upload: Upload, plan: Plan
@@ -356,6 +433,33 @@ class OutpaintStage:
         raise AssertionError("unreachable: the loop returns after the last pass")
 
 
+def _named(items: Iterable[Item], names: dict[int, str]) -> Iterator[Item]:
+    """The items, each given its result name in input order (see `output`)."""
+    namer = Namer()
+    for item in items:
+        given = item.metadata.get(NAME_METADATA)
+        names[id(item)] = str(given) if given and namer.take(str(given)) else namer.name(item.key)
+        yield item
+
+
+def _format_of(item: Item) -> str | None:
+    """The input's format from its header (None for a URL, which is not fetched for this)."""
+    if item.is_url:
+        return None
+    source = item.image if isinstance(item.image, Path) else io.BytesIO(bytes(item.image))
+    with Image.open(source) as image:
+        return image.format
+
+
+def _upright(decoded: Decoded) -> Image.Image:
+    """The original as the result of an input already of the target shape: upright, with the
+    colour profile it came with."""
+    image = decoded.original
+    if decoded.icc_profile is not None:
+        image.info["icc_profile"] = decoded.icc_profile
+    return image
+
+
 def _next_input(key: str, output: Image.Image, size: tuple[int, int]) -> str:
     """A pass's output as the next pass's input: at its nominal size, within 10 MB."""
     if output.size != size:
@@ -388,7 +492,7 @@ def _open(data: bytes) -> Image.Image:
 
 def _png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, "PNG", icc_profile=image.info.get("icc_profile"))
+    image.save(buffer, "PNG", compress_level=1)
     return buffer.getvalue()
 
 

@@ -94,12 +94,17 @@ def test_save_converts_format_and_fills_the_name_pattern(pm, tmp_path):
     assert Image.open(saved).format == "JPEG"
 
 
-def test_save_refuses_two_items_on_one_file(pm, tmp_path):
-    items = [Item("a.png", png_bytes()), Item("a.png", png_bytes())]
-    with pytest.raises(ValueError, match=r"items 'a.png' and 'a.png' would both be written"):
-        run(pm, [{"stage": "save", "folder": str(tmp_path)}], items)
+def test_save_writes_the_first_of_two_items_on_one_file_and_fails_the_second(pm, tmp_path):
+    items = [Item("a.png", png_bytes()), Item("a.png", png_bytes(colour=(0, 0, 9)))]
+    first, second = run(pm, [{"stage": "save", "folder": str(tmp_path)}], items)
+    assert (tmp_path / "a.png").read_bytes() == items[0].read_bytes()
+    assert "saved_path" not in second.metadata
+    assert "item 'a.png' was written to" in second.metadata["save_error"]
 
 
-def test_save_refuses_a_name_that_leaves_the_folder(pm, tmp_path):
-    with pytest.raises(ValueError, match="leaves the folder"):
-        run(pm, [{"stage": "save", "folder": str(tmp_path)}], [Item("../../evil.png", png_bytes())])
+def test_save_fails_an_item_whose_name_leaves_the_folder_and_goes_on(pm, tmp_path):
+    items = [Item("../../evil.png", png_bytes()), Item("good.png", png_bytes())]
+    evil, good = run(pm, [{"stage": "save", "folder": str(tmp_path / "out")}], items)
+    assert "leaves the folder" in evil.metadata["save_error"]
+    assert good.metadata["saved_path"] == str(tmp_path / "out" / "good.png")
+    assert not (tmp_path / "evil.png").exists()
