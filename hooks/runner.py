@@ -8,7 +8,7 @@ two would be written to one file); `items` is None where a stage before offers n
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from pathlib import Path
 
 from .config import StageConfig, load_config
@@ -42,7 +42,7 @@ def check_pipeline(stages: list[Stage], items: Iterable[Item] = ()) -> None:
         seen = list(preview(seen)) if seen is not None and preview is not None else None
 
 
-def run_stages(stages: list[Stage], items: Iterable[Item] = ()) -> Iterator[Item]:
+def run_stages(stages: list[Stage], items: Iterable[Item] = ()) -> Generator[Item, None, None]:
     """Chain the stages lazily: each pulls from the one before it. When the stream ends, fails
     or is closed, every stage is closed at once, last first, so each can stop its work."""
     streams: list[Iterable[Item]] = []
@@ -53,7 +53,9 @@ def run_stages(stages: list[Stage], items: Iterable[Item] = ()) -> Iterator[Item
     return _closing_all(iter(stream), streams)
 
 
-def _closing_all(stream: Iterator[Item], streams: list[Iterable[Item]]) -> Iterator[Item]:
+def _closing_all(
+    stream: Iterator[Item], streams: list[Iterable[Item]]
+) -> Generator[Item, None, None]:
     try:
         yield from stream
     finally:
@@ -63,7 +65,7 @@ def _closing_all(stream: Iterator[Item], streams: list[Iterable[Item]]) -> Itera
                 close()
 
 
-def run_pipeline(registry: StageRegistry, config_path: str | Path) -> Iterator[Item]:
+def run_pipeline(registry: StageRegistry, config_path: str | Path) -> Generator[Item, None, None]:
     """Read a config file, build and check its stages, and stream items through them."""
     stages = build_pipeline(registry, load_config(config_path))
     check_pipeline(stages)

@@ -446,8 +446,8 @@ def _format_of(item: Item) -> str | None:
     """The input's format from its header (None for a URL, which is not fetched for this)."""
     if item.is_url:
         return None
-    source = item.image if isinstance(item.image, Path) else io.BytesIO(bytes(item.image))
-    with Image.open(source) as image:
+    image_file = item.image if isinstance(item.image, Path) else io.BytesIO(item.read_bytes())
+    with Image.open(image_file) as image:
         return image.format
 
 

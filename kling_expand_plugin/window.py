@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TypeVar
 
@@ -17,7 +17,7 @@ def windowed_map(
     window: int,
     ordered: bool = True,
     reorder_limit: int | None = None,
-) -> Iterator[tuple[In, Future[Out]]]:
+) -> Generator[tuple[In, Future[Out]], None, None]:
     """Run `function` over `inputs`, `window` at a time; yield (input, finished future).
 
     With `ordered`, results come back in input order; finished work waits in a buffer of at

@@ -96,7 +96,7 @@ def test_save_converts_format_and_fills_the_name_pattern(pm, tmp_path):
 
 def test_save_writes_the_first_of_two_items_on_one_file_and_fails_the_second(pm, tmp_path):
     items = [Item("a.png", png_bytes()), Item("a.png", png_bytes(colour=(0, 0, 9)))]
-    first, second = run(pm, [{"stage": "save", "folder": str(tmp_path)}], items)
+    _, second = run(pm, [{"stage": "save", "folder": str(tmp_path)}], items)
     assert (tmp_path / "a.png").read_bytes() == items[0].read_bytes()
     assert "saved_path" not in second.metadata
     assert "item 'a.png' was written to" in second.metadata["save_error"]
