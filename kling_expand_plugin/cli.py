@@ -343,8 +343,9 @@ def expand_command(args: argparse.Namespace) -> int:
     if stage.endpoint != "local":
         _check_reachable(stage.endpoint)
     existing = _check_destination(out, items, stage, args)
-    if args.skip_existing:
-        items = [item for item in items if item.key not in existing]
+    if not args.skip_existing:
+        existing = {}  # --overwrite: sent and written again
+    items = [item for item in items if item.key not in existing]
     sheet = ContactSheet(out, title=f"kling-expand: {len(items)} inputs", settings=_settings(args))
     sources = {item.key: item for item in items}
     n = stage.n
