@@ -241,6 +241,7 @@ class Outpaint:
         broker = ray.get(slots.stats.remote())
         options.setdefault("concurrency", broker["total"])
         options.setdefault("on_error", "passthrough")
+        options.setdefault("format", "png")  # the rows carry PNG bytes, whatever the input
         cluster_slots = ClusterSlots(slots, options["concurrency"], broker["lease_seconds"] / 3)
         self.column = column
         self.stage = OutpaintStage(ledger=ledger, slots=cluster_slots, **options)
