@@ -345,11 +345,17 @@ def expand_command(args: argparse.Namespace) -> int:
     existing = _check_destination(out, items, stage, args)
     if not args.skip_existing:
         existing = {}  # --overwrite: sent and written again
+    total = len(items)
+    title = f"kling-expand: {_count(total, 'input')}"
+    sheet = ContactSheet(out, title=title, settings=_settings(args))
+    for item in items:
+        if item.key in existing:
+            sheet.add_existing(item.key, existing[item.key], item)
     items = [item for item in items if item.key not in existing]
-    sheet = ContactSheet(out, title=f"kling-expand: {len(items)} inputs", settings=_settings(args))
     sources = {item.key: item for item in items}
     n = stage.n
     records = [_existing_record(key, paths) for key, paths in existing.items()]
+    unwritten = 0
     error: BaseException | None = None
     progress = Progress(lambda: stage.summary, total=len(items), n=n)
     if args.skip_existing and existing and not args.json and not args.quiet:
@@ -360,6 +366,7 @@ def expand_command(args: argparse.Namespace) -> int:
                 written = _write_results(out, outputs, overwrite=args.overwrite)
                 sheet.add(key, written, sources.get(key))
                 record = _record(key, written)
+                unwritten += record["status"] == "failed" and failure_of(outputs[0]) is None
                 records.append(record)
                 if not args.json and not args.quiet:
                     progress.echo(_record_line(record), sys.stdout)
@@ -369,6 +376,9 @@ def expand_command(args: argparse.Namespace) -> int:
             error = exc
         finally:  # interrupted or not, the report shows what is on disk
             summary = stage.summary
+            summary["done"] -= unwritten  # done by the stage, but not written: failed here
+            summary["failed"] += unwritten
+            summary["existing"] = len(existing)
             html_path, png_path = sheet.write(summary)
     report = {"html": str(html_path), "png": str(png_path)}
     if error is not None:
@@ -376,15 +386,14 @@ def expand_command(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({"inputs": records, "summary": summary, "report": report})
     else:
-        inputs = f"{len(items)} input{'' if len(items) == 1 else 's'}"
+        there = f", {len(existing)} already there" if existing else ""
         print(
-            f"{inputs}: {summary['done']} done, {summary['failed']} failed, "
-            f"{summary['skipped']} skipped (budget); {summary['results']} results; "
+            f"{_count(total, 'input')}: {summary['done']} done, {summary['failed']} failed, "
+            f"{summary['skipped']} skipped (budget){there}; {summary['results']} results; "
             f"{summary['units']:g} units; {summary['seconds']:.1f} s"
         )
         print(f"report: {html_path} (picture: {png_path})")
-    unwritten = any(record["status"] == "failed" for record in records)
-    failed = error is not None or summary["failed"] or summary["skipped"] or unwritten
+    failed = error is not None or summary["failed"] or summary["skipped"]
     return EXIT_FAILED if failed else EXIT_OK
 
 

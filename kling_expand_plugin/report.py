@@ -97,6 +97,21 @@ class ContactSheet:
         row.details = _details(first)
         return row
 
+    def add_existing(self, key: str, paths: list[Path], source: Item | None) -> Row:
+        """Record an input whose results an earlier run wrote (`--skip-existing`)."""
+        row = Row(key, details=["results written by an earlier run; not sent again"])
+        number = len(self.rows)
+        self.rows.append(row)
+        row.original = self._original_from_source(number, source)
+        for index, path in enumerate(paths, start=1):
+            try:
+                image = _open(path.read_bytes())
+            except Exception:  # unreadable now: the row still names it
+                row.details.append(f"{path.name}: cannot be read for a preview")
+                continue
+            row.results.append(self._picture(number, index, image, path, None, path.name))
+        return row
+
     def write(self, summary: dict[str, Any]) -> tuple[Path, Path]:
         """Write report.html and report.png into the folder; their paths."""
         html_path = self.folder / "report.html"
@@ -293,7 +308,9 @@ def format_ratios(ratios: dict[str, float]) -> str:
 def _totals(summary: dict[str, Any]) -> str:
     return (
         f"{summary.get('done', 0)} done, {summary.get('failed', 0)} failed, "
-        f"{summary.get('skipped', 0)} skipped (budget); {summary.get('results', 0)} results; "
+        f"{summary.get('skipped', 0)} skipped (budget)"
+        + (f", {summary['existing']} already there" if summary.get("existing") else "")
+        + f"; {summary.get('results', 0)} results; "
         f"{summary.get('units', 0):g} units; {summary.get('seconds', 0):.1f} s"
     )
 

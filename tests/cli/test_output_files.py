@@ -67,6 +67,9 @@ def test_skip_existing_sends_only_the_inputs_whose_results_are_missing(server, k
     assert status == {"p0.png": "exists", "p2.png": "exists", "p1.png": "done",
                       "wide.png": "unchanged"}  # fmt: skip
     assert (out / "p1-0.png").is_file() and (out / "wide-0.png").is_file()
+    assert again.json()["summary"]["existing"] == 2
+    page = (out / "report.html").read_text()  # the report still shows the inputs left out
+    assert all(f'data-key="{key}"' in page for key in ("p0.png", "p1.png", "p2.png", "wide.png"))
     stats = server.stats()
     assert len(stats["creates_by_external_id"]) == 3 and stats["units_charged"] == 3
     third = expand(server, keys, tmp_path, str(folder), "--aspect", "16:9", "--skip-existing",
@@ -134,6 +137,8 @@ def test_a_result_that_cannot_be_written_fails_its_input_and_the_next_run_writes
     assert by_key["a.png"]["status"] == "failed" and "a-0.png" in by_key["a.png"]["error"]
     assert "without paying" in by_key["a.png"]["error"]
     assert by_key["b.png"]["status"] == "done" and (out / "b-0.png").is_file()
+    summary = ran.json()["summary"]
+    assert (summary["done"], summary["failed"]) == (1, 1)
     assert creates(server) == 2
     (out / "a-0.png").rmdir()
     again = expand(server, keys, tmp_path, *args)
