@@ -19,7 +19,7 @@ from kling_expand_plugin.localserver import LocalServer
 
 KEYS = {
     "KLING_ACCESS_KEY": "AK-pipeline-0123456789",
-    "KLING_SECRET_KEY": "SK-pipeline-0123456789ab",
+    "KLING_SECRET_KEY": "SK-pipeline-0123456789abcdef0123456789",
 }
 
 
