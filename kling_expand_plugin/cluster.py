@@ -194,9 +194,9 @@ class ClusterSlots(Slots):
         threading.Thread(target=self._renew_forever, name="kling-slot-leases", daemon=True).start()
 
     @contextlib.contextmanager
-    def hold(self, n: int) -> Iterator[None]:
+    def hold(self, n: int, *, cancel: threading.Event | None = None) -> Iterator[None]:
         """Wait until the broker lends `n` slots and hold them for the block."""
-        with super().hold(n):
+        with super().hold(n, cancel=cancel):
             lease = ray.get(self.broker.acquire.remote(n))
             with self._held_lock:
                 self._held[lease] = n
