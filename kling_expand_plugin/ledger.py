@@ -308,14 +308,19 @@ class SqlLedger:
             (time.time(), endpoint, external_id, self.owner),
         )
 
-    def release(self, endpoint: str, external_id: str) -> None:
-        """Give up a claim without a task id: the next claimant takes it over at once (and looks
-        the task up first, in case a create did reach the API)."""
-        self._run(
-            f"UPDATE {self.tasks_table} SET owner = NULL, heartbeat = 0 "
-            "WHERE endpoint = ? AND external_id = ? AND owner = ? AND task_id IS NULL",
-            (endpoint, external_id, self.owner),
-        )
+    def release(self, endpoint: str, external_id: str, *, posted: bool) -> None:
+        """Give up a claim that has no task id. If a create was `posted` (it may have reached
+        the API), the next claimant takes it over at once and looks the task up first; if not,
+        a first attempt's row is deleted, as if never claimed."""
+        where = "WHERE endpoint = ? AND external_id = ? AND owner = ? AND task_id IS NULL"
+        parameters = (endpoint, external_id, self.owner)
+        if not posted:
+            _, deleted = self._run(
+                f"DELETE FROM {self.tasks_table} {where} AND attempt = 0", parameters
+            )
+            if deleted:
+                return
+        self._run(f"UPDATE {self.tasks_table} SET owner = NULL, heartbeat = 0 {where}", parameters)
 
     def restart(self, endpoint: str, entry: Entry) -> Entry | None:
         """Claim this work again for a new task (after a failure, or lost results), under the

@@ -249,13 +249,14 @@ class TaskRunner:
         if self.receiver is not None:
             request = dataclasses.replace(request, callback_url=self.receiver.url_for(sent_id))
         reservation = None
-        created = False
+        created = posted = False
         try:
             with self.slots.hold(request.n, cancel=self.cancelled):
                 task = self._find(sent_id) if claim.in_doubt else None
                 if task is None:
                     self._check_cancelled()
                     reservation = self.budget.reserve(key, request.n) if self.budget else None
+                    posted = True
                     task = self._post(key, request, work_id)
                     created = True
                     self.tally.add(created=1)
@@ -267,7 +268,7 @@ class TaskRunner:
                 task = self._wait(task, work_id)
         except BaseException as error:
             with contextlib.suppress(Exception):  # the ledger may be closing (a cancelled run)
-                self.ledger.release(self.endpoint_key, work_id)
+                self.ledger.release(self.endpoint_key, work_id, posted=posted or claim.in_doubt)
             if reservation is not None and _never_created(error):
                 assert self.budget is not None
                 self.budget.release(reservation)
