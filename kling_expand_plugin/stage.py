@@ -78,7 +78,7 @@ class OutpaintStage:
         order: str = "input",
         on_error: str = "skip",
         ledger: str = "auto",
-        budget: float | None = None,
+        budget: float | Budget | None = None,
         callback: str | None = None,
         callback_url: str | None = None,
         timeout: float = 6 * 3600,
@@ -129,7 +129,11 @@ class OutpaintStage:
         self.timeout = _number("timeout", timeout, low=1.0)
         self.blend = _whole("blend", blend, low=0, high=256)
         self.colour_match = bool(colour_match)
-        self.budget = _number("budget", budget, low=0.0) if budget is not None else None
+        # A number is one run's ceiling; a Budget object (Python callers, say a cluster's) is
+        # shared by every run that is given it.
+        self.budget = (
+            budget if isinstance(budget, Budget | None) else _number("budget", budget, low=0.0)
+        )
         self.local_latency = _number("local_latency", local_latency, low=0.0)
         self.retry_failed = bool(retry_failed)
         # Nothing is paid on the embedded server, whose tasks end with each run.
@@ -300,7 +304,7 @@ class OutpaintStage:
             endpoint_key,
             slots=self.slots if self.slots is not None else Slots(self.concurrency),
             timeout=self.timeout,
-            budget=Budget(self.budget) if self.budget is not None else None,
+            budget=Budget(self.budget) if isinstance(self.budget, float) else self.budget,
             receiver=receiver,
             retry_failed=self.retry_failed,
             recreate_lost=self.recreate_lost,
