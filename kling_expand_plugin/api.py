@@ -7,6 +7,7 @@ endpoint URL is named.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from collections.abc import Iterable, Iterator, Mapping
@@ -108,11 +109,17 @@ def expand_many(
         on_error=on_error,
         **options,
     )
-    return _expanded(stage, _items(images), n)
+    return _expanded(stage, _items(images))
 
 
-def _expanded(stage: OutpaintStage, items: Iterable[Item], n: int) -> Iterator[Expanded]:
-    for key, results in by_source(stage(items), n):
+def _expanded(stage: OutpaintStage, items: Iterable[Item]) -> Iterator[Expanded]:
+    # Leaving the loop early closes the stage's run, which stops its workers.
+    with contextlib.closing(stage(items)) as outputs:
+        yield from _grouped(outputs)
+
+
+def _grouped(outputs: Iterable[Item]) -> Iterator[Expanded]:
+    for key, results in by_source(outputs):
         error = failure_of(results[0])
         if error is not None:
             yield Expanded(key, [], error, [])
@@ -125,17 +132,20 @@ def _expanded(stage: OutpaintStage, items: Iterable[Item], n: int) -> Iterator[E
         )
 
 
-def by_source(results: Iterable[Item], n: int) -> Iterator[tuple[str, list[Item]]]:
+def by_source(results: Iterable[Item]) -> Iterator[tuple[str, list[Item]]]:
     """The stage's output grouped per input: (source key, its items), each as soon as complete.
 
-    An input gives `n` results (its last has variant n - 1), one result (already the target
-    shape: `variants` is 1), or its own item handed on (failed, `on_error="passthrough"`).
+    An input gives as many results as its task returned (`variants` in each one's metadata),
+    or one item handed on unchanged (already the target shape, or failed with
+    `on_error="passthrough"`). Results are matched to their input by key, never by position.
     """
     group: list[Item] = []
     for item in results:
-        outpaint = item.metadata.get("outpaint", {})
+        if group and source_key(item) != source_key(group[0]):  # the stage stopped an input short
+            yield source_key(group[0]), group
+            group = []
         group.append(item)
-        if "variant" not in outpaint or outpaint["variant"] >= outpaint.get("variants", n) - 1:
+        if len(group) >= int(item.metadata.get("outpaint", {}).get("variants", 1)):
             yield source_key(group[0]), group
             group = []
     if group:  # only when the stage stopped early

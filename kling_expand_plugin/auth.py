@@ -9,8 +9,10 @@ credentials refuse to be pickled.
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from typing import NoReturn
 
@@ -32,6 +34,11 @@ ENV_SECRET_KEY = "KLING_SECRET_KEY"
 ENV_API_KEY = "KLING_API_KEY"
 
 _REDACTED = "***"
+SHORT_SECRET = 8
+
+# The keys are Kling's to choose: a short test key ("sk") needs no warning on every request.
+if hasattr(jwt, "InsecureKeyLengthWarning"):
+    warnings.filterwarnings("ignore", category=jwt.InsecureKeyLengthWarning)
 
 
 class Credentials:
@@ -121,10 +128,17 @@ class Credentials:
             return self._token
 
     def redact(self, text: str) -> str:
-        """`text` with the secret key, the API key and the current token replaced by ***."""
+        """`text` with the secret key, the API key and the current token replaced by ***.
+
+        A secret shorter than 8 characters (a test key such as "sk") is replaced only where it
+        stands alone, not inside words: replacing "x" everywhere would garble every message.
+        """
         for secret in (self._secret_key, self._api_key, self._token):
-            if secret:
+            if secret and len(secret) >= SHORT_SECRET:
                 text = text.replace(secret, _REDACTED)
+            elif secret:
+                alone = rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])"
+                text = re.sub(alone, _REDACTED, text)
         return text
 
     def _sign(self, now: float) -> None:

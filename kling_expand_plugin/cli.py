@@ -11,7 +11,6 @@ import random
 import secrets
 import shutil
 import signal
-import sqlite3
 import sys
 import tempfile
 import threading
@@ -234,6 +233,18 @@ def _add_expand(
         "file, or a postgresql:// URL",
     )
     run.add_argument("--timeout", type=float, help="seconds to wait for one task (default 6 h)")
+    run.add_argument(
+        "--retry-failed",
+        action="store_true",
+        default=None,
+        help="create again the tasks that failed before (paid again)",
+    )
+    run.add_argument(
+        "--recreate-lost",
+        action="store_true",
+        default=None,
+        help="create again the tasks paid for whose results the server no longer has",
+    )
     run.add_argument("--fail-fast", action="store_true", help="stop at the first failed input")
     run.add_argument("--blend", type=int, help="seam blend width in pixels (default 8)")
     run.add_argument(
@@ -360,9 +371,9 @@ def expand_command(args: argparse.Namespace) -> int:
     progress = Progress(lambda: stage.summary, total=len(items), n=n)
     if args.skip_existing and existing and not args.json and not args.quiet:
         print(f"{_count(len(existing), 'input')} left out: their results are in {out} already")
-    with progress, _logging_through(progress.handler(LOG_FORMAT)):
+    with progress, _logging_through(progress.handler(LOG_FORMAT)), _stopping_on_ctrl_c(stage):
         try:
-            for key, outputs in by_source(stage(items), n):
+            for key, outputs in by_source(stage(items)):
                 written = _write_results(out, outputs, overwrite=args.overwrite)
                 sheet.add(key, written, sources.get(key))
                 record = _record(key, written)
@@ -393,8 +404,37 @@ def expand_command(args: argparse.Namespace) -> int:
             f"{summary['units']:g} units; {summary['seconds']:.1f} s"
         )
         print(f"report: {html_path} (picture: {png_path})")
+    if stage.cancelled:
+        return EXIT_INTERRUPTED
     failed = error is not None or summary["failed"] or summary["skipped"]
     return EXIT_FAILED if failed else EXIT_OK
+
+
+@contextmanager
+def _stopping_on_ctrl_c(stage: OutpaintStage) -> Iterator[None]:
+    """The first Ctrl-C (or SIGTERM) stops new tasks and ends the run within moments, tasks
+    already created kept in the ledger for the next run; the second exits at once."""
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        if stage.cancelled:
+            os._exit(EXIT_INTERRUPTED)
+        print(
+            "\nkling-expand: stopping: no new tasks; tasks already created are kept for the "
+            "next run (Ctrl-C again to quit at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+        stage.cancel()
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def plan_command(args: argparse.Namespace) -> int:
@@ -508,6 +548,8 @@ def _stage_options(args: argparse.Namespace, *, endpoint: bool) -> dict[str, Any
             "callback",
             "callback_url",
             "local_latency",
+            "retry_failed",
+            "recreate_lost",
         ]
     options = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     if "n" in options and "concurrency" not in options:
@@ -984,10 +1026,9 @@ def doctor_command(args: argparse.Namespace) -> int:
         if credentials is not None:
             _probe(url, credentials, check)
     if args.ledger and ledger_module.is_database_url(args.ledger):
-        check("ledger", True, "a PostgreSQL ledger: doctor inspects SQLite ledgers only")
+        check("ledger", *_ledger_state(args.ledger))
     else:
-        ledger_path = Path(args.ledger) if args.ledger else ledger_module.default_path()
-        check("ledger", *_ledger_state(ledger_path))
+        check("ledger", *_ledger_state(Path(args.ledger or ledger_module.default_path())))
     if args.json:
         _print_json(checks)
     else:
@@ -1065,22 +1106,24 @@ def _probe(url: str, credentials: Credentials, check: Callable[[str, bool, str],
         check("auth", False, f"refused: code {code}: {message}")
 
 
-def _ledger_state(path: Path) -> tuple[bool, str]:
-    """(ok, description): the ledger's size and its tasks counted by status."""
-    if not path.exists():
-        return True, f"{path}: none yet (made by the first paid run)"
+def _ledger_state(spec: str | Path) -> tuple[bool, str]:
+    """(ok, description): the ledger opened as a run opens it (an older one is brought to this
+    version's schema), its size and its tasks counted by status."""
+    if not ledger_module.is_database_url(spec) and not Path(spec).exists():
+        return True, f"{spec}: none yet (made by the first paid run)"
     try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
-            rows = db.execute(
-                "SELECT status, COUNT(*) FROM tasks GROUP BY status ORDER BY status"
-            ).fetchall()
-    except sqlite3.Error as exc:
-        return False, f"{path}: unreadable: {exc}"
-    counts = ", ".join(f"{count} {status}" for status, count in rows) or "no tasks"
-    size = path.stat().st_size
-    in_doubt = dict(rows).get(ledger_module.INTENT, 0)
+        ledger = ledger_module.open_ledger(spec)
+    except ledger_module.LedgerError as error:
+        return False, str(error)
+    try:
+        counts = ledger.counts()
+    finally:
+        ledger.close()
+    listed = ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
+    size = f"{Path(spec).stat().st_size / 1024:.1f} KB; " if isinstance(spec, Path) else ""
+    in_doubt = counts.get(ledger_module.INTENT, 0)
     note = f"; {in_doubt} create(s) in doubt: re-run that batch to settle them" if in_doubt else ""
-    return True, f"{path}: {size / 1024:.1f} KB; {counts}{note}"
+    return True, f"{ledger.path}: {size}{listed or 'no tasks'}{note}"
 
 
 def _masked(key: str) -> str:

@@ -41,6 +41,7 @@ from hooks import Item
 
 from .slots import Slots
 from .stage import OutpaintStage
+from .taskrunner import Budget, BudgetReached
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +63,19 @@ class _Lease:
 
 class SlotBroker:
     """The account's slots for the whole cluster, lent in leases of `n` slots, first come first
-    served; a lease not renewed within `lease_seconds` is taken back.
+    served; a lease not renewed within `lease_seconds` is taken back. With a `budget`, it also
+    holds the account's one budget for every worker (see `Budget`: units reserved before a
+    create, settled when the task's units are known).
 
     A plain class: `account_slots` runs it as an async Ray actor.
     """
 
-    def __init__(self, total: int, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
+    def __init__(
+        self,
+        total: int,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        budget: float | None = None,
+    ) -> None:
         if total < 1 or lease_seconds <= 0:
             raise ValueError("a broker needs at least one slot and a positive lease")
         self.total = total
@@ -75,7 +83,9 @@ class SlotBroker:
         self.max_in_use = 0
         self.granted = 0
         self.reclaimed = 0
+        self.budget = Budget(budget) if budget is not None else None
         self._leases: dict[str, _Lease] = {}
+        self._released: collections.deque[str] = collections.deque(maxlen=100_000)
         self._queue: collections.deque[object] = collections.deque()
         self._changed = asyncio.Condition()
 
@@ -105,17 +115,20 @@ class SlotBroker:
 
     async def renew(self, leases: dict[str, int]) -> None:
         """Extend these leases (id to slots held). A lease the broker no longer knows (it was
-        taken back, or the broker restarted) is counted again: its task is still running."""
+        taken back, or the broker restarted) is counted again: its task is still running. A
+        lease already released is not (a renewal can cross its release on the way)."""
         expires = time.monotonic() + self.lease_seconds
         async with self._changed:
             for lease, n in leases.items():
-                self._leases[lease] = _Lease(n, expires)
+                if lease not in self._released:
+                    self._leases[lease] = _Lease(n, expires)
             self.max_in_use = max(self.max_in_use, self._in_use())
 
     async def release(self, lease: str) -> None:
         """Give a lease's slots back."""
         async with self._changed:
             self._leases.pop(lease, None)
+            self._released.append(lease)
             self._changed.notify_all()
 
     async def stats(self) -> dict[str, Any]:
@@ -130,7 +143,23 @@ class SlotBroker:
                 "granted": self.granted,
                 "reclaimed": self.reclaimed,
                 "waiting": len(self._queue),
+                "budget": self.budget.limit if self.budget else None,
+                "units_spent": self.budget.spent if self.budget else 0.0,
+                "units_reserved": self.budget.reserved if self.budget else 0.0,
             }
+
+    async def reserve(self, key: str, n: int) -> float:
+        """`Budget.reserve` on the cluster's budget (BudgetReached past it)."""
+        assert self.budget is not None, "this broker holds no budget"
+        return self.budget.reserve(key, n)
+
+    async def settle(self, reservation: float, units: float, n: int) -> None:
+        assert self.budget is not None
+        self.budget.settle(reservation, units, n)
+
+    async def release_units(self, reservation: float) -> None:
+        assert self.budget is not None
+        self.budget.release(reservation)
 
     def _in_use(self) -> int:
         return sum(lease.n for lease in self._leases.values())
@@ -154,13 +183,16 @@ class SlotBroker:
 def account_slots(
     total: int,
     *,
+    budget: float | None = None,
     name: str = BROKER_NAME,
     lease_seconds: float = DEFAULT_LEASE_SECONDS,
     detached: bool = False,
 ) -> Any:
     """The handle of the cluster's slot broker for one account: started on first use (no CPU
     reserved, restarted if its node dies), found by `name` after that. It ends with the job
-    that started it, unless `detached` (for several jobs sharing the account; `ray.kill` it)."""
+    that started it, unless `detached` (for several jobs sharing the account; `ray.kill` it).
+    With `budget`, the broker holds one ceiling of units for every worker of the cluster
+    (`Outpaint` uses it)."""
     broker: Any = (
         ray.remote(SlotBroker)
         .options(
@@ -171,7 +203,7 @@ def account_slots(
             max_task_retries=-1,
             lifetime="detached" if detached else None,
         )
-        .remote(total, lease_seconds)
+        .remote(total, lease_seconds, budget)
     )
     running = ray.get(broker.stats.remote())["total"]
     if running != total:
@@ -194,9 +226,9 @@ class ClusterSlots(Slots):
         threading.Thread(target=self._renew_forever, name="kling-slot-leases", daemon=True).start()
 
     @contextlib.contextmanager
-    def hold(self, n: int) -> Iterator[None]:
+    def hold(self, n: int, *, cancel: threading.Event | None = None) -> Iterator[None]:
         """Wait until the broker lends `n` slots and hold them for the block."""
-        with super().hold(n):
+        with super().hold(n, cancel=cancel):
             lease = ray.get(self.broker.acquire.remote(n))
             with self._held_lock:
                 self._held[lease] = n
@@ -218,6 +250,27 @@ class ClusterSlots(Slots):
                 ray.get(self.broker.renew.remote(held), timeout=self._renew_every)
             except Exception as error:  # the next round tries again; the lease has margin
                 log.warning("renewing %d slot lease(s) failed: %s", len(held), error)
+
+
+class ClusterBudget(Budget):
+    """The broker's budget, as the task runner uses a `Budget`: one ceiling for the cluster."""
+
+    def __init__(self, broker: Any) -> None:
+        self.broker = broker
+
+    def reserve(self, key: str, n: int) -> float:
+        try:
+            return float(ray.get(self.broker.reserve.remote(key, n)))
+        except ray.exceptions.RayTaskError as error:
+            if isinstance(error.cause, BudgetReached):
+                raise error.cause from None
+            raise
+
+    def settle(self, reservation: float, units: float, n: int) -> None:
+        ray.get(self.broker.settle.remote(reservation, units, n))
+
+    def release(self, reservation: float) -> None:
+        ray.get(self.broker.release_units.remote(reservation))
 
 
 class Outpaint:
@@ -242,6 +295,10 @@ class Outpaint:
         options.setdefault("concurrency", broker["total"])
         options.setdefault("on_error", "passthrough")
         options.setdefault("format", "png")  # the rows carry PNG bytes, whatever the input
+        if broker["budget"] is not None:
+            if options.get("budget") is not None:
+                raise ValueError("the broker holds the budget: give it to account_slots only")
+            options["budget"] = ClusterBudget(slots)
         cluster_slots = ClusterSlots(slots, options["concurrency"], broker["lease_seconds"] / 3)
         self.column = column
         self.stage = OutpaintStage(ledger=ledger, slots=cluster_slots, **options)

@@ -1,65 +1,46 @@
 """The ledger in a PostgreSQL database, shared by every worker of a cluster (psycopg 3).
 
-Same rows and guarantees as the SQLite ledger: one row per (endpoint, external id) for the
-whole cluster (the primary key), an intent committed before the create is posted, and each
-result committed before `store_result` returns. The result images are stored in the database
-itself (a `bytea` column), not on a local disk: a worker on another machine, or the retry of a
-task whose machine died, reads them back from where they were recorded. Expand results are a
-few MB each, which PostgreSQL holds without trouble; prune old rows as the ledger grows.
+The same rows, statements and guarantees as the SQLite ledger (`SqlLedger`): one row per
+(endpoint, work id) for the whole cluster, claimed by one worker before its create is posted,
+and each result committed before `store_result` returns. The result images are stored in the
+database itself (a `bytea` column), not on a local disk: a worker on another machine, or the
+retry of a task whose machine died, reads them back from where they were recorded. Expand
+results are a few MB each, which PostgreSQL holds without trouble; prune old rows as the ledger
+grows.
 """
 
 from __future__ import annotations
 
 import threading
-import time
-from typing import Any, LiteralString
+from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from .ledger import Entry, StoredBytes
-from .models import Task
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS kling_expand_tasks (
-    endpoint TEXT NOT NULL,
-    external_id TEXT NOT NULL,
-    source_key TEXT NOT NULL,
-    task_id TEXT,
-    status TEXT NOT NULL,
-    status_msg TEXT,
-    units TEXT,
-    images INTEGER,
-    created DOUBLE PRECISION NOT NULL,
-    updated DOUBLE PRECISION NOT NULL,
-    PRIMARY KEY (endpoint, external_id)
-);
-CREATE TABLE IF NOT EXISTS kling_expand_results (
-    endpoint TEXT NOT NULL,
-    external_id TEXT NOT NULL,
-    idx INTEGER NOT NULL,
-    data BYTEA NOT NULL,
-    PRIMARY KEY (endpoint, external_id, idx)
-);
-"""
+from .ledger import KEY_COLUMNS, TASK_COLUMNS, LedgerError, SqlLedger, StoredBytes
 
 SCHEMA_LOCK = 0x6B6C696E67
 """Advisory lock key held while creating the tables: workers starting at once would otherwise
 race on `CREATE TABLE IF NOT EXISTS`."""
 
-INTENT = "creating"
 
-
-class PostgresLedger:
+class PostgresLedger(SqlLedger):
     """The record of paid work in PostgreSQL; one connection, shared by the stage's threads."""
+
+    tasks_table = "kling_expand_tasks"
+    results_table = "kling_expand_results"
 
     def __init__(self, url: str, *, connect_timeout: int = 10) -> None:
         self.path = describe(url)
         self._lock = threading.Lock()
-        self._db = psycopg.connect(url, autocommit=True, connect_timeout=connect_timeout)
-        with self._db.transaction():
-            self._db.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-            self._db.execute(SCHEMA)
+        try:
+            self._db = psycopg.connect(url, autocommit=True, connect_timeout=connect_timeout)
+            with self._db.transaction():
+                self._db.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+                for statement in _schema():
+                    self._db.execute(statement)
+        except psycopg.Error as error:
+            raise LedgerError(f"the ledger {self.path} cannot be used: {error}") from None
 
     def __repr__(self) -> str:
         return f"PostgresLedger({self.path!r})"
@@ -68,69 +49,49 @@ class PostgresLedger:
         with self._lock:
             self._db.close()
 
-    def entry(self, endpoint: str, external_id: str) -> Entry | None:
-        """The ledger's record of a task, or None if it never saw it."""
+    def _run(self, statement: str, parameters: tuple[Any, ...] = ()) -> tuple[list[Any], int]:
+        """One statement in its own transaction (autocommit: committed when it returns)."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT source_key, task_id, status, status_msg, units, images "
-                "FROM kling_expand_tasks WHERE endpoint = %s AND external_id = %s",
-                (endpoint, external_id),
-            ).fetchone()
-            if row is None:
-                return None
-            stored = self._db.execute(
-                "SELECT data FROM kling_expand_results WHERE endpoint = %s AND external_id = %s "
-                "ORDER BY idx",
-                (endpoint, external_id),
-            ).fetchall()
-        source_key, task_id, status, status_msg, units, images = row
-        results = tuple(StoredBytes(bytes(data)) for (data,) in stored)
-        return Entry(external_id, source_key, task_id, status, status_msg, units, images, results)
+            cursor = self._db.execute(statement.replace("?", "%s"), parameters)
+            rows = cursor.fetchall() if cursor.description else []
+            return rows, cursor.rowcount
 
-    def intend(self, endpoint: str, external_id: str, source_key: str) -> None:
-        """Record that a create is about to be posted (before it is, so a crash leaves a trace)."""
-        now = time.time()
-        self._execute(
-            "INSERT INTO kling_expand_tasks "
-            "(endpoint, external_id, source_key, status, created, updated) "
-            "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (endpoint, external_id) DO UPDATE SET "
-            "source_key = excluded.source_key, updated = excluded.updated",
-            (endpoint, external_id, source_key, INTENT, now, now),
+    def _results(self, endpoint: str, external_id: str) -> tuple[StoredBytes, ...]:
+        rows, _ = self._run(
+            f"SELECT data FROM {self.results_table} WHERE endpoint = ? AND external_id = ? "
+            "ORDER BY idx",
+            (endpoint, external_id),
         )
+        return tuple(StoredBytes(bytes(data)) for (data,) in rows)
 
-    def record(self, endpoint: str, task: Task) -> None:
-        """Record what the API said of a task: its id, status, units and number of images."""
-        external_id = task.external_task_id
-        if not external_id:
-            raise ValueError(f"task {task.task_id} has no external_task_id to record it under")
-        self._execute(
-            "UPDATE kling_expand_tasks SET task_id = %s, status = %s, status_msg = %s, "
-            "units = %s, images = %s, updated = %s WHERE endpoint = %s AND external_id = %s",
-            (
-                task.task_id,
-                task.status.value,
-                task.status_msg,
-                task.units,
-                len(task.images) if task.finished else None,
-                time.time(),
-                endpoint,
-                external_id,
-            ),
-        )
-
-    def store_result(self, endpoint: str, external_id: str, index: int, data: bytes) -> None:
+    def _store(self, endpoint: str, external_id: str, index: int, data: bytes) -> None:
         """Store a result image in the database; committed when this returns."""
-        self._execute(
-            "INSERT INTO kling_expand_results (endpoint, external_id, idx, data) "
-            "VALUES (%s, %s, %s, %s) ON CONFLICT (endpoint, external_id, idx) DO UPDATE SET "
+        self._run(
+            f"INSERT INTO {self.results_table} (endpoint, external_id, idx, data) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (endpoint, external_id, idx) DO UPDATE SET "
             "data = excluded.data",
             (endpoint, external_id, index, data),
         )
 
-    def _execute(self, statement: LiteralString, parameters: tuple[Any, ...]) -> None:
-        """One statement in its own transaction (autocommit: committed when it returns)."""
-        with self._lock:
-            self._db.execute(statement, parameters)
+
+def _schema() -> list[str]:
+    """The tables, created or brought to this version (columns added to an older ledger)."""
+    kinds = {name: kind.replace("REAL", "DOUBLE PRECISION") for name, kind in TASK_COLUMNS.items()}
+    keys = {name: kinds[name] for name in KEY_COLUMNS}
+    columns = ", ".join(f"{name} {kind}" for name, kind in keys.items())
+    statements = [
+        f"CREATE TABLE IF NOT EXISTS {PostgresLedger.tasks_table} ({columns}, "
+        "PRIMARY KEY (endpoint, external_id))",
+        f"CREATE TABLE IF NOT EXISTS {PostgresLedger.results_table} (endpoint TEXT NOT NULL, "
+        "external_id TEXT NOT NULL, idx INTEGER NOT NULL, data BYTEA NOT NULL, "
+        "PRIMARY KEY (endpoint, external_id, idx))",
+    ]
+    statements += [
+        f"ALTER TABLE {PostgresLedger.tasks_table} ADD COLUMN IF NOT EXISTS {name} {kind}"
+        for name, kind in kinds.items()
+        if name not in KEY_COLUMNS
+    ]
+    return statements
 
 
 def describe(url: str) -> str:

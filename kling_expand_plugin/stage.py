@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import io
+import itertools
 import logging
 import os
 import secrets
 import tempfile
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +24,11 @@ from hooks import Item, OptionError
 from . import limits
 from .auth import Credentials
 from .client import DEFAULT_BASE_URL, ExpandRequest, KlingClient, RetryPolicy
+from .download import DEFAULT_MAX_BYTES
 from .errors import CredentialsError
 from .geometry import Box, Canvas, Ratios, canvas_for
+from .ledger import LedgerError, is_database_url, normalise_endpoint, open_ledger
 from .ledger import default_path as default_ledger_path
-from .ledger import is_database_url, open_ledger
 from .output import (
     NAME_METADATA,
     OUTPUT_FORMATS,
@@ -47,7 +51,7 @@ from .prepare import (
 )
 from .slots import Slots
 from .stitch import generated_mask, stitch
-from .taskrunner import BudgetReached, Outcome, TaskRunner
+from .taskrunner import Budget, BudgetReached, Outcome, TaskRunner
 from .window import windowed_map
 
 log = logging.getLogger(__name__)
@@ -61,6 +65,7 @@ RESULT_FIELDS = (
     "task_ids",
     "external_task_ids",
     "units",
+    "units_reused",
     "from_ledger",
     "passes",
     "canvas",
@@ -71,6 +76,8 @@ RESULT_FIELDS = (
 """The keys of every result's `metadata["outpaint"]`."""
 ORDERS = ("input", "completed")
 WEBHOOK_SECRET_ENV = "KLING_WEBHOOK_SECRET"
+RESULT_PIXEL_LIMIT = 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)
+"""The largest result Pillow decodes (past it, it refuses a file as a decompression bomb)."""
 
 
 class OutpaintStage:
@@ -98,7 +105,7 @@ class OutpaintStage:
         order: str = "input",
         on_error: str = "skip",
         ledger: str = "auto",
-        budget: float | None = None,
+        budget: float | Budget | None = None,
         callback: str | None = None,
         callback_url: str | None = None,
         timeout: float = 6 * 3600,
@@ -112,6 +119,8 @@ class OutpaintStage:
         format: str = "auto",
         quality: int = 92,
         png_compression: int = 1,
+        retry_failed: bool = False,
+        recreate_lost: bool | None = None,
         slots: Slots | None = None,
     ) -> None:
         try:
@@ -156,8 +165,15 @@ class OutpaintStage:
         self.timeout = _number("timeout", timeout, low=1.0)
         self.blend = _whole("blend", blend, low=0, high=256)
         self.colour_match = bool(colour_match)
-        self.budget = _number("budget", budget, low=0.0) if budget is not None else None
+        # A number is one run's ceiling; a Budget object (Python callers, say a cluster's) is
+        # shared by every run that is given it.
+        self.budget = (
+            budget if isinstance(budget, Budget | None) else _number("budget", budget, low=0.0)
+        )
         self.local_latency = _number("local_latency", local_latency, low=0.0)
+        self.retry_failed = bool(retry_failed)
+        # Nothing is paid on the embedded server, whose tasks end with each run.
+        self.recreate_lost = endpoint == "local" if recreate_lost is None else bool(recreate_lost)
         if slots is not None and not isinstance(slots, Slots):
             raise OptionError("slots", "is for Python callers only: a Slots object to share")
         self.slots = slots  # None: a pool of `concurrency` slots per run; else shared, say by Ray
@@ -166,6 +182,11 @@ class OutpaintStage:
                 "ledger", 'give "auto", the path of a SQLite file or a postgresql:// URL'
             )
         self.ledger_path = ledger
+        if ledger != "auto" and not is_database_url(ledger):
+            try:  # a ledger that cannot be used is found before any work (and migrated)
+                open_ledger(ledger).close()
+            except LedgerError as exc:
+                raise OptionError("ledger", str(exc)) from None
         self.callback = _address(callback) if callback is not None else None
         if callback_url is not None and not callback_url.startswith(("http://", "https://")):
             raise OptionError("callback_url", f"{callback_url!r} is not an http(s) URL")
@@ -185,18 +206,34 @@ class OutpaintStage:
         self._counts = dict.fromkeys(("done", "failed", "skipped", "results"), 0)
         self._active: TaskRunner | None = None
         self._times = (0.0, 0.0)
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """Stop the run under way: no new inputs or tasks from now on, waits end at once, and
+        tasks already created stay in the ledger for the next run. Safe from a signal handler
+        or another thread."""
+        self._cancelled.set()
+        if self._active is not None:
+            self._active.cancel()
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether `cancel()` stopped the last run."""
+        return self._cancelled.is_set()
 
     @property
     def summary(self) -> dict[str, Any]:
         """Counters of the run under way, or of the last one: items done, failed and skipped
-        (budget), results handed on, units spent, tasks created, re-attached and read back
-        from the ledger, slots in use now and at most, seconds. Safe to read from another
-        thread, say for a progress bar."""
+        (budget), results handed on, units paid by this run and units of tasks reused (paid
+        earlier, or shared by identical inputs), tasks created, re-attached and read back from
+        the ledger, slots in use now and at most, seconds. Safe to read from another thread,
+        say for a progress bar."""
         runner = self._active
         started, ended = self._times
         return {
             **self._counts,
             "units": runner.tally.units if runner else 0.0,
+            "units_reused": runner.tally.units_reused if runner else 0.0,
             "created": runner.tally.created if runner else 0,
             "reattached": runner.tally.reattached if runner else 0,
             "from_ledger": runner.tally.from_ledger if runner else 0,
@@ -205,16 +242,17 @@ class OutpaintStage:
             "seconds": round((ended or time.monotonic()) - started, 3) if started else 0.0,
         }
 
-    def __call__(self, items: Iterable[Item]) -> Iterator[Item]:
+    def __call__(self, items: Iterable[Item]) -> Generator[Item, None, None]:
         counts = self._counts = dict.fromkeys(self._counts, 0)
         self._times = (time.monotonic(), 0.0)
+        self._cancelled.clear()
         with contextlib.ExitStack() as stack:
             runner = self._active = self._runner(stack)
             tasks_at_once = self.concurrency // self.n
             names: dict[int, str] = {}
             results = windowed_map(
                 lambda item: self._expand(runner, item, names.pop(id(item))),
-                _named(items, names),
+                _named(itertools.takewhile(lambda _: not self._cancelled.is_set(), items), names),
                 window=2 * tasks_at_once,  # the second half prepares and downloads meanwhile
                 ordered=self.order == "input",
             )
@@ -235,12 +273,13 @@ class OutpaintStage:
                         item.metadata["outpaint"] = {"error": str(error)}
                         yield item
             finally:
-                results.close()  # cancel what has not started, wait for what has, before closing
+                runner.cancel()  # left early (error, break, close): stop the workers too
                 self._times = (self._times[0], time.monotonic())
                 log.info(
                     "outpaint: %(done)d done, %(failed)d failed, %(skipped)d skipped "
-                    "(budget), %(results)d results, %(units)g units, %(created)d tasks "
-                    "created, %(from_ledger)d read back from the ledger, %(seconds).1f s",
+                    "(budget), %(results)d results, %(units)g units paid, %(units_reused)g "
+                    "reused, %(created)d tasks created, %(reattached)d re-attached, "
+                    "%(from_ledger)d read back from the ledger, %(seconds).1f s",
                     self.summary,
                 )
                 if counts["failed"] or counts["skipped"]:
@@ -271,7 +310,8 @@ class OutpaintStage:
             url, endpoint_key = server.url, "local"
         else:
             assert self.credentials is not None
-            credentials, url, endpoint_key = self.credentials, self.endpoint, self.endpoint
+            credentials, url = self.credentials, self.endpoint
+            endpoint_key = normalise_endpoint(self.endpoint)
         client = stack.enter_context(
             KlingClient(
                 url,
@@ -301,8 +341,10 @@ class OutpaintStage:
             endpoint_key,
             slots=self.slots if self.slots is not None else Slots(self.concurrency),
             timeout=self.timeout,
-            budget=self.budget,
+            budget=Budget(self.budget) if isinstance(self.budget, float) else self.budget,
             receiver=receiver,
+            retry_failed=self.retry_failed,
+            recreate_lost=self.recreate_lost,
         )
 
     def _ledger_file(self, stack: contextlib.ExitStack) -> Path:
@@ -360,7 +402,9 @@ class OutpaintStage:
             data, extension, media_type = encode_result(
                 image, source, self.output, self.fit_options.background
             )
-            metadata = self._metadata(item, variant, outcomes, plan, upload, canvas)
+            metadata = self._metadata(
+                item, variant, outcomes, plan, upload, canvas, variants=len(variants)
+            )
             results.append(Item(result_key(name, variant, extension), data, media_type, metadata))
         return results
 
@@ -373,17 +417,19 @@ class OutpaintStage:
         upload: Upload,
         canvas: Canvas,
         *,
+        variants: int = 1,
         unchanged: bool = False,
     ) -> dict[str, Any]:
         """A result's metadata: the same keys (RESULT_FIELDS) whatever happened to the input."""
         outpaint = {
             "source_key": item.key,
             "variant": variant,
-            "variants": 1 if unchanged else self.n,
+            "variants": variants,
             "unchanged": unchanged,
             "task_ids": [outcome.task_id for outcome in outcomes],
             "external_task_ids": [outcome.external_id for outcome in outcomes],
-            "units": sum(outcome.units or 0.0 for outcome in outcomes),
+            "units": sum(outcome.new_units for outcome in outcomes),
+            "units_reused": sum((outcome.units or 0.0) - outcome.new_units for outcome in outcomes),
             "from_ledger": bool(outcomes) and all(outcome.from_ledger for outcome in outcomes),
             "passes": [ratios.as_dict() for ratios in plan.passes],
             "canvas": [canvas.width, canvas.height],
@@ -400,9 +446,9 @@ class OutpaintStage:
         """The last call's output for each variant (n from the first call, one call each after)."""
         if not plan.passes:
             return [Image.open(io.BytesIO(upload.data))], []
+        sizes = _pass_outputs(item.key, plan)  # refused here, before anything is paid
         outcomes: list[Outcome] = []
         inputs = [upload.image_field()]
-        size = plan.upload_size
         for number, ratios in enumerate(plan.passes):
             outputs = []
             for image_field in inputs:
@@ -413,7 +459,14 @@ class OutpaintStage:
                     n=self.n if number == 0 else 1,
                     watermark=self.watermark,
                 )
-                outcome = runner.run(item.key, request)
+                if number == 0 and upload.url is not None:  # a URL is known by its content
+                    request = dataclasses.replace(
+                        request,
+                        external_task_id=ExpandRequest.external_id_for(
+                            upload.data, ratios, self.prompt, request.n, self.watermark
+                        ),
+                    )
+                outcome = runner.run(item.key, request, max_bytes=_result_bytes(sizes[number]))
                 outcomes.append(outcome)
                 log.debug(
                     "outpaint: %s: pass %d/%d, task %s, %d image(s), %s unit(s)",
@@ -427,9 +480,7 @@ class OutpaintStage:
                 outputs += [_open(data) for data in outcome.images]
             if number + 1 == len(plan.passes):
                 return outputs, outcomes
-            grown = canvas_for(*size, ratios)
-            size = (grown.width, grown.height)
-            inputs = [_next_input(item.key, output, size) for output in outputs]
+            inputs = [_next_input(output, sizes[number]) for output in outputs]
         raise AssertionError("unreachable: the loop returns after the last pass")
 
 
@@ -460,14 +511,41 @@ def _upright(decoded: Decoded) -> Image.Image:
     return image
 
 
-def _next_input(key: str, output: Image.Image, size: tuple[int, int]) -> str:
-    """A pass's output as the next pass's input: at its nominal size, within 10 MB."""
+def _pass_outputs(key: str, plan: Plan) -> list[tuple[int, int]]:
+    """The nominal size of each pass's output; FitError, before any create, when one would be
+    too large to download and decode."""
+    sizes = []
+    size = plan.upload_size
+    for ratios in plan.passes:
+        grown = canvas_for(*size, ratios)
+        size = (grown.width, grown.height)
+        if size[0] * size[1] > RESULT_PIXEL_LIMIT:
+            raise FitError(
+                key,
+                f"a result of {size[0]} x {size[1]} pixels would be too large to decode",
+                f"results of at most {RESULT_PIXEL_LIMIT:,} pixels (set max_upload_pixels)",
+            )
+        sizes.append(size)
+    return sizes
+
+
+def _result_bytes(size: tuple[int, int]) -> int:
+    """The download cap of a result of this size: an uncompressed RGBA PNG and some."""
+    return max(DEFAULT_MAX_BYTES, size[0] * size[1] * 4 + size[1] * 8 + (1 << 20))
+
+
+def _next_input(output: Image.Image, size: tuple[int, int]) -> str:
+    """A pass's output as the next pass's input: at its nominal size, or smaller when that
+    cannot be encoded within 10 MB (the last pass's output is brought to size in `stitch`)."""
     if output.size != size:
         output = output.resize(size, Image.Resampling.LANCZOS)
-    encoded = encode_within_limit(output.convert("RGB"), lossless=True)
-    if encoded is None:
-        raise FitError(key, "an intermediate result cannot be encoded within 10 MB", "10 MB")
-    return base64.b64encode(encoded[0]).decode("ascii")
+    output = output.convert("RGB")
+    while True:
+        encoded = encode_within_limit(output, lossless=True)
+        if encoded is not None:
+            return base64.b64encode(encoded[0]).decode("ascii")
+        smaller = (round(output.width * 0.8), round(output.height * 0.8))
+        output = output.resize(smaller, Image.Resampling.LANCZOS)
 
 
 def _upload_metadata(upload: Upload, plan: Plan) -> dict[str, Any]:

@@ -1,16 +1,26 @@
-"""Getting one paid task done exactly once: create (or re-attach), wait, download, record.
+"""Getting one paid piece of work done exactly once: claim, create (or re-attach), wait,
+download, record.
 
-The runner is where the stage's promises about money live: a create is posted only when the
-ledger has no task for its external id (and the client looks the id up before any re-post),
-slots are held from create to end so the account is never over its limit, 1303 is waited out,
-a budget stops new creates, and every result is on disk and in the ledger before it is handed
-back.
+The runner is where the stage's promises about money live:
+- a create is posted only by the process that claimed the work in the ledger, and a claim taken
+  over from a process that died is looked up by its external id first (the client also looks
+  the id up before any re-post); identical work in this process runs once, the rest reads back;
+- a task that succeeded is never created again, even when the server has lost it, and a task
+  that failed is not retried, unless the user asked (`recreate_lost`, `retry_failed`);
+- slots are held from create to end so the account is never over its limit; 1303 is waited out;
+- the budget is a ceiling: units are reserved before a create and held until the task's final
+  units are known;
+- every result is on disk and in the ledger before it is handed back;
+- `cancel()` stops new creates at once and ends the waits; running tasks stay recorded for the
+  next run.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
+import io
 import logging
 import random
 import threading
@@ -19,17 +29,23 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from PIL import Image
+
 from .client import ExpandRequest, KlingClient
 from .errors import (
+    Cancelled,
     ConcurrencyLimitedError,
     DownloadError,
     KlingError,
     NotFoundError,
+    ProtocolError,
+    ServerError,
     TaskFailedError,
+    TransportError,
     WaitTimeout,
 )
-from .ledger import Ledger
-from .models import Task, TaskImage, TaskStatus
+from .ledger import INTENT, Claim, Entry, SqlLedger
+from .models import Task, TaskImage
 from .slots import Slots
 
 if TYPE_CHECKING:
@@ -40,35 +56,95 @@ log = logging.getLogger(__name__)
 CONCURRENCY_BACKOFF = (1.0, 30.0)
 """First and longest wait after a 1303 (too many tasks running on the account), in seconds."""
 
+CLAIM_WAIT = 0.5
+"""Seconds between looks at a piece of work another process is creating."""
+
 
 class BudgetReached(RuntimeError):
-    """A new task would take the units spent past the stage's budget."""
+    """A new task would take the units spent and reserved past the budget."""
 
 
 class PreviouslyFailed(RuntimeError):
     """The ledger records that this very task failed before; it is not paid for again."""
 
 
+class ResultLost(RuntimeError):
+    """A task was paid for, but the server no longer has it or its results."""
+
+
 @dataclass(frozen=True)
 class Outcome:
-    """A finished task's result images, from the API or read back from the ledger."""
+    """A finished task's result images, from the API or read back from the ledger.
+
+    `units` is what the task cost; `new_units` what this call paid for it (0 when the task was
+    created earlier, by another process, or for identical work of this run).
+    """
 
     task_id: str
     external_id: str
     units: float | None
     images: list[bytes]
     from_ledger: bool = False
+    new_units: float = 0.0
+
+
+class Budget:
+    """A ceiling on the units a run spends: a new task reserves what it may cost before its
+    create, and the reservation is settled only when the task's final units are known.
+
+    A task is estimated at the most any task cost per image so far (1 unit per image before
+    the first is known), so a ceiling holds whatever the concurrency.
+    """
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self.spent = 0.0
+        self.reserved = 0.0
+        self._per_image = 1.0
+        self._lock = threading.Lock()
+
+    def reserve(self, key: str, n: int) -> float:
+        """Hold back what a task of `n` images may cost; BudgetReached when it does not fit."""
+        with self._lock:
+            estimate = self._per_image * n
+            if self.spent + self.reserved + estimate > self.limit + 1e-9:
+                raise BudgetReached(
+                    f"item {key!r}: not submitted: {self.spent:g} units spent and "
+                    f"{self.reserved:g} reserved of the budget of {self.limit:g}"
+                )
+            self.reserved += estimate
+            return estimate
+
+    def settle(self, reservation: float, units: float, n: int) -> None:
+        """The task ended and cost `units`: the reservation becomes spending."""
+        with self._lock:
+            self.reserved -= reservation
+            self.spent += units
+            self._per_image = max(self._per_image, units / n)
+
+    def release(self, reservation: float) -> None:
+        """The create certainly did not happen: the reservation is free again."""
+        with self._lock:
+            self.reserved -= reservation
 
 
 @dataclass
 class Tally:
-    """What the runner did, for the stage's summary."""
+    """What the runner did, for the stage's summary. `units` were paid by this run;
+    `units_reused` belong to tasks paid earlier (re-attached, read back) or shared by identical
+    inputs of this run."""
 
     created: int = 0
     reattached: int = 0
     from_ledger: int = 0
     units: float = 0.0
+    units_reused: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, **counts: float) -> None:
+        with self.lock:
+            for name, value in counts.items():
+                setattr(self, name, getattr(self, name) + value)
 
 
 class TaskRunner:
@@ -77,13 +153,15 @@ class TaskRunner:
     def __init__(
         self,
         client: KlingClient,
-        ledger: Ledger,
+        ledger: SqlLedger,
         endpoint_key: str,
         *,
         slots: Slots,
         timeout: float,
-        budget: float | None = None,
+        budget: Budget | None = None,
         receiver: CallbackReceiver | None = None,
+        retry_failed: bool = False,
+        recreate_lost: bool = False,
     ) -> None:
         self.client = client
         self.ledger = ledger
@@ -93,134 +171,228 @@ class TaskRunner:
         self.polling = Polling()
         self.budget = budget
         self.receiver = receiver
+        self.retry_failed = retry_failed
+        self.recreate_lost = recreate_lost
         self.tally = Tally()
-        self._reserved = 0.0
+        self.cancelled = threading.Event()
+        self._work_locks: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
+        self._work_locks_lock = threading.Lock()
 
-    def run(self, key: str, request: ExpandRequest) -> Outcome:
-        """The results of `request`, paying for it at most once whatever happened before."""
-        if self.receiver is not None and request.callback_url is None:
-            callback = self.receiver.url_for(request.resolved_external_id)
-            request = dataclasses.replace(request, callback_url=callback)
-        external_id = request.resolved_external_id
-        entry = self.ledger.entry(self.endpoint_key, external_id)
-        if entry is not None and entry.complete and entry.task_id is not None:
-            with self.tally.lock:
-                self.tally.from_ledger += 1
-            log.debug("%s: results of task %s read back from the ledger", key, entry.task_id)
-            images = [path.read_bytes() for path in entry.results]
-            units = float(entry.units) if entry.units else None
-            return Outcome(entry.task_id, external_id, units, images, from_ledger=True)
-        if entry is not None and entry.status == TaskStatus.FAILED.value:
-            raise PreviouslyFailed(
-                f"item {key!r}: task {entry.task_id} failed before: {entry.status_msg} "
-                f"(recorded in {self.ledger.path}; delete it there to try again)"
-            )
-        with self.slots.hold(request.n):
-            task = self._reattach(key, entry.task_id, external_id) if entry else None
-            if task is None:
-                task = self._create(key, request)
-            self.ledger.record(self.endpoint_key, task)
+    def cancel(self) -> None:
+        """No new creates from now on; waits end with Cancelled (tasks stay in the ledger)."""
+        self.cancelled.set()
+
+    def run(self, key: str, request: ExpandRequest, *, max_bytes: int | None = None) -> Outcome:
+        """The results of `request`, paying for it at most once whatever happened before.
+
+        `max_bytes` caps each result's download (it should follow the planned canvas).
+        """
+        work_id = request.resolved_external_id
+        with self._work_locks_lock:
+            lock = self._work_locks[work_id]
+        with lock:  # identical work in this process: the first runs it, the others read back
+            return self._run(key, dataclasses.replace(request, external_task_id=work_id), max_bytes)
+
+    def _run(self, key: str, request: ExpandRequest, max_bytes: int | None) -> Outcome:
+        work_id = request.resolved_external_id
+        deadline = time.monotonic() + self.timeout
+        while True:
+            self._check_cancelled()
+            entry = self.ledger.entry(self.endpoint_key, work_id)
+            if entry is None or (entry.task_id is None and entry.status == INTENT):
+                claim = self.ledger.claim(self.endpoint_key, work_id, key)
+                if claim.mine:
+                    return self._create(key, request, claim, max_bytes)
+                if claim.entry.task_id is None and claim.entry.status == INTENT:
+                    if time.monotonic() > deadline:
+                        raise WaitTimeout(work_id, self.timeout)
+                    log.debug("%s: another process is creating this task; waiting", key)
+                    self._sleep(CLAIM_WAIT)
+                continue
+            if entry.complete:
+                outcome = self._read_back(key, entry)
+                if outcome is not None:
+                    return outcome
+                continue
+            if entry.status == "failed":
+                if not self.retry_failed:
+                    raise PreviouslyFailed(
+                        f"item {key!r}: task {entry.task_id} failed before: {entry.status_msg} "
+                        "(not paid for again; set retry_failed, --retry-failed, to try again)"
+                    )
+                restarted = self.ledger.restart(self.endpoint_key, entry)
+                if restarted is not None:
+                    log.info("%s: task %s failed before; trying again", key, entry.task_id)
+                    return self._create(key, request, Claim(True, False, restarted), max_bytes)
+                continue
+            assert entry.task_id is not None
             try:
-                task = self._wait(task)
-            except TaskFailedError as error:
-                self.ledger.record(self.endpoint_key, error.task)
-                self._count_units(error.task)
-                raise
-            self.ledger.record(self.endpoint_key, task)
-        self._count_units(task)
+                task = self.client.get(entry.task_id)
+            except NotFoundError:
+                restarted = self._lost(key, entry)
+                if restarted is not None:
+                    return self._create(key, request, Claim(True, False, restarted), max_bytes)
+                continue
+            self.tally.add(reattached=1)
+            log.debug("%s: re-attached to task %s (%s)", key, task.task_id, task.status.value)
+            with self._slots_for(task, request.n):
+                task = self._wait(task, work_id)
+            return self._finish(key, work_id, task, request.n, max_bytes, new=False)
+
+    def _create(
+        self, key: str, request: ExpandRequest, claim: Claim, max_bytes: int | None
+    ) -> Outcome:
+        """Post the claimed work's create (unless an earlier owner's create is found), wait."""
+        work_id = request.resolved_external_id
+        sent_id = claim.entry.sent_external_id
+        request = dataclasses.replace(request, external_task_id=sent_id)
+        if self.receiver is not None:
+            request = dataclasses.replace(request, callback_url=self.receiver.url_for(sent_id))
+        reservation = None
+        created = posted = False
+        try:
+            with self.slots.hold(request.n, cancel=self.cancelled):
+                task = self._find(sent_id) if claim.in_doubt else None
+                if task is None:
+                    self._check_cancelled()
+                    reservation = self.budget.reserve(key, request.n) if self.budget else None
+                    posted = True
+                    task = self._post(key, request, work_id)
+                    created = True
+                    self.tally.add(created=1)
+                    log.debug("%s: created task %s", key, task.task_id)
+                else:
+                    self.tally.add(reattached=1)
+                    log.info("%s: found task %s created by an earlier run", key, task.task_id)
+                self.ledger.record(self.endpoint_key, work_id, task)
+                task = self._wait(task, work_id)
+        except BaseException as error:
+            with contextlib.suppress(Exception):  # the ledger may be closing (a cancelled run)
+                self.ledger.release(self.endpoint_key, work_id, posted=posted or claim.in_doubt)
+            if reservation is not None and _never_created(error):
+                assert self.budget is not None
+                self.budget.release(reservation)
+            raise
+        return self._finish(
+            key, work_id, task, request.n, max_bytes, new=created, reservation=reservation
+        )
+
+    def _finish(
+        self,
+        key: str,
+        work_id: str,
+        task: Task,
+        n: int,
+        max_bytes: int | None,
+        *,
+        new: bool,
+        reservation: float | None = None,
+    ) -> Outcome:
+        """Record the ended task, settle its units, download and store its results. `new`:
+        this run created it (and `reservation` is what the budget held back for it)."""
+        self.ledger.record(self.endpoint_key, work_id, task)
+        units = task.units_value or 0.0
+        if self.budget is not None and reservation is not None:
+            self.budget.settle(reservation, units, n)
+        self.tally.add(**{"units" if new else "units_reused": units})
+        if task.failed:
+            raise TaskFailedError(task)
         images = []
         for image in task.images:
-            data = self._download(task, image)
-            self.ledger.store_result(self.endpoint_key, external_id, image.index, data)
+            data = self._download(task, image, max_bytes)
+            self.ledger.store_result(self.endpoint_key, work_id, image.index, data)
             images.append(data)
-        return Outcome(task.task_id, external_id, task.units_value, images)
+        return Outcome(
+            task.task_id,
+            task.external_task_id or work_id,
+            task.units_value,
+            images,
+            new_units=units if new else 0.0,
+        )
 
-    def _reattach(self, key: str, task_id: str | None, external_id: str) -> Task | None:
-        """The task the ledger knows, by its id, or by its external id when a crash came
-        between the create and its answer; None if the server does not have it."""
-        try:
-            if task_id is not None:
-                task = self.client.get(task_id)
-            else:
-                task = self.client.get_by_external_id(external_id)
-        except NotFoundError:
-            if task_id is not None:
-                log.warning("%s: task %s is gone from the server; creating it again", key, task_id)
+    def _read_back(self, key: str, entry: Entry) -> Outcome | None:
+        """The stored results of a finished task; None (and forgotten) if one is damaged."""
+        images = [result.read_bytes() for result in entry.results]
+        if not all(_intact(data) for data in images):
+            log.warning(
+                "%s: a stored result of task %s is damaged; fetching it again", key, entry.task_id
+            )
+            self.ledger.forget_result(self.endpoint_key, entry.external_id)
             return None
-        with self.tally.lock:
-            self.tally.reattached += 1
-        log.debug("%s: re-attached to task %s (%s)", key, task.task_id, task.status.value)
-        return task
+        units = float(entry.units) if entry.units else None
+        self.tally.add(from_ledger=1, units_reused=units or 0.0)
+        log.debug("%s: results of task %s read back from the ledger", key, entry.task_id)
+        assert entry.task_id is not None
+        return Outcome(entry.task_id, entry.sent_external_id, units, images, from_ledger=True)
 
-    def _create(self, key: str, request: ExpandRequest) -> Task:
-        """Post the create (recorded first), waiting out 1303 and keeping within the budget."""
-        estimate = self._reserve(key, request.n)
+    def _lost(self, key: str, entry: Entry) -> Entry | None:
+        """The server no longer has a task we recorded: a new one only when the user asked."""
+        if not self.recreate_lost:
+            raise ResultLost(
+                f"item {key!r}: task {entry.task_id} ({entry.status}) was paid for, but the "
+                "server no longer has it (results are deleted after 30 days); not paid for "
+                "again: set recreate_lost (--recreate-lost) to create a new task"
+            )
+        log.warning("%s: task %s is gone from the server; creating it again", key, entry.task_id)
+        return self.ledger.restart(self.endpoint_key, entry)
+
+    def _find(self, external_id: str) -> Task | None:
         try:
-            self.ledger.intend(self.endpoint_key, request.resolved_external_id, key)
-            delay = CONCURRENCY_BACKOFF[0]
-            deadline = time.monotonic() + self.timeout
-            while True:
-                try:
-                    task = self.client.create(request)
-                    break
-                except ConcurrencyLimitedError:
-                    if time.monotonic() + delay > deadline:
-                        raise
-                    log.info("%s: the account is at its task limit (1303); retrying", key)
-                    time.sleep(delay * random.uniform(0.8, 1.2))
-                    delay = min(delay * 2, CONCURRENCY_BACKOFF[1])
-        finally:
-            with self.tally.lock:
-                self._reserved -= estimate
-        with self.tally.lock:
-            self.tally.created += 1
-        log.debug("%s: created task %s", key, task.task_id)
-        return task
+            return self.client.get_by_external_id(external_id)
+        except NotFoundError:
+            return None
 
-    def _reserve(self, key: str, n: int) -> float:
-        """Hold back the units a new task of `n` images is likely to cost, or BudgetReached."""
-        with self.tally.lock:
-            done = self.tally.created + self.tally.reattached
-            per_image = self.tally.units / done / n if done and self.tally.units else 1.0
-            estimate = per_image * n
-            if self.budget is not None and self.tally.units + self._reserved + estimate > (
-                self.budget + 1e-9
-            ):
-                raise BudgetReached(
-                    f"item {key!r}: not submitted: {self.tally.units:g} units spent and "
-                    f"{self._reserved:g} reserved of the budget of {self.budget:g}"
-                )
-            self._reserved += estimate
-            return estimate
+    def _post(self, key: str, request: ExpandRequest, work_id: str) -> Task:
+        """The create, with 1303 waited out (the claim renewed meanwhile)."""
+        delay = CONCURRENCY_BACKOFF[0]
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                return self.client.create(request)
+            except ConcurrencyLimitedError:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.info("%s: the account is at its task limit (1303); retrying", key)
+                self._sleep(delay * random.uniform(0.8, 1.2))
+                self.ledger.renew(self.endpoint_key, work_id)
+                delay = min(delay * 2, CONCURRENCY_BACKOFF[1])
 
-    def _count_units(self, task: Task) -> None:
-        with self.tally.lock:
-            self.tally.units += task.units_value or 0.0
+    @contextlib.contextmanager
+    def _slots_for(self, task: Task, n: int) -> Iterator[None]:
+        """Hold slots while a re-attached task still runs."""
+        if task.finished:
+            yield
+            return
+        with self.slots.hold(n, cancel=self.cancelled):
+            yield
 
-    def _wait(self, task: Task) -> Task:
-        """The finished task: from a callback where one comes, from polling otherwise."""
-        external_id = task.external_task_id or ""
+    def _wait(self, task: Task, work_id: str) -> Task:
+        """The ended task (failed included): from a callback where one comes, else polling."""
+        external_id = task.external_task_id or work_id
         started = time.monotonic()
         deadline = started + self.timeout
         delays = self.polling.delays(started, fallback=self.receiver is not None)
         next_poll = started + next(delays)
+        unconfirmed_end = False  # an unsigned "ended" delivery the API did not confirm
         try:
             while not task.finished:
+                self._check_cancelled()
                 now = time.monotonic()
                 if now >= deadline:
                     raise WaitTimeout(task.task_id, self.timeout, task)
                 if now < next_poll:
-                    if self.receiver is None:
-                        time.sleep(min(next_poll, deadline) - now)
-                        continue
                     wait = min(next_poll, deadline) - now
+                    if self.receiver is None or unconfirmed_end:
+                        self._sleep(wait)
+                        continue
                     delivered = self.receiver.wait(external_id, wait, after=task.status)
                     if delivered is None:
                         continue
                     if self.receiver.verifies_signatures or not delivered.finished:
                         task = delivered
                         continue
-                    # An unsigned delivery could be forged: confirm an end with the API.
+                    # An unsigned delivery could be forged: confirm an end with the API, once.
+                    unconfirmed_end = True
                 try:
                     task = self.client.get(task.task_id)
                 except KlingError as error:
@@ -231,21 +403,46 @@ class TaskRunner:
         finally:
             if self.receiver is not None:
                 self.receiver.forget(external_id)
-        if task.failed:
-            raise TaskFailedError(task)
-        self.polling.observe(_run_time(task) or time.monotonic() - started)
+        if not task.failed:
+            self.polling.observe(_run_time(task) or time.monotonic() - started)
         return task
 
-    def _download(self, task: Task, image: TaskImage) -> bytes:
+    def _download(self, task: Task, image: TaskImage, max_bytes: int | None) -> bytes:
         """A result image; if its URL has expired, once more with a fresh URL from the API."""
         try:
-            return self.client.download(image.url)
+            return self.client.download(image.url, max_bytes=max_bytes)
         except DownloadError:
             fresh = self.client.get(task.task_id)
             urls = {i.index: i.url for i in fresh.images}
             if urls.get(image.index, image.url) == image.url:
                 raise
-            return self.client.download(urls[image.index])
+            return self.client.download(urls[image.index], max_bytes=max_bytes)
+
+    def _sleep(self, seconds: float) -> None:
+        if self.cancelled.wait(max(0.0, seconds)):
+            raise Cancelled("stopped: no new tasks; running tasks are kept for the next run")
+
+    def _check_cancelled(self) -> None:
+        self._sleep(0.0)
+
+
+def _never_created(error: BaseException) -> bool:
+    """Whether a create that ended in `error` certainly made no task (its reservation is free)."""
+    if isinstance(error, BudgetReached | Cancelled):
+        return True
+    if isinstance(error, TransportError):
+        return not error.maybe_sent
+    return isinstance(error, KlingError) and not isinstance(error, ProtocolError | ServerError)
+
+
+def _intact(data: bytes) -> bool:
+    """Whether stored image bytes are whole (a crash or a full disk can leave them cut)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.verify()
+    except Exception:
+        return False
+    return True
 
 
 def _run_time(task: Task) -> float | None:

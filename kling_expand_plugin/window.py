@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import TypeVar
 
 In = TypeVar("In")
@@ -17,13 +18,17 @@ def windowed_map(
     window: int,
     ordered: bool = True,
     reorder_limit: int | None = None,
-) -> Generator[tuple[In, Future[Out]], None, None]:
+) -> Iterator[tuple[In, Future[Out]]]:
     """Run `function` over `inputs`, `window` at a time; yield (input, finished future).
 
     With `ordered`, results come back in input order; finished work waits in a buffer of at
     most `reorder_limit` (default 4 x window) items while a slower one ahead of it runs, so a
     slow item does not idle the window. Inputs are pulled lazily: memory is bounded by the
-    window and the buffer, not by the input. Closing the generator cancels work not started.
+    window and the buffer, not by the input.
+
+    Each piece of work runs on a daemon thread of its own. Closing the generator early does
+    not wait for the work under way (it is the caller's to stop, say by cancelling what the
+    function waits on), so that leaving a loop, or Ctrl-C, never hangs the process.
     """
     limit = reorder_limit if reorder_limit is not None else 4 * window
     source = enumerate(inputs)
@@ -31,30 +36,41 @@ def windowed_map(
     done: dict[int, tuple[In, Future[Out]]] = {}
     next_out = 0
     exhausted = False
-    with ThreadPoolExecutor(max_workers=window, thread_name_prefix="outpaint") as pool:
+    while True:
+        while not exhausted and len(running) < window and len(running) + len(done) < limit:
+            try:
+                index, value = next(source)
+            except StopIteration:
+                exhausted = True
+                break
+            running[_start(function, value)] = (index, value)
+        if not running and not done:
+            return
+        if running:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                index, value = running.pop(future)
+                done[index] = (value, future)
+        if ordered:
+            while next_out in done:
+                yield done.pop(next_out)
+                next_out += 1
+        else:
+            for index in sorted(done):
+                yield done.pop(index)
+
+
+def _start(function: Callable[[In], Out], value: In) -> Future[Out]:
+    """`function(value)` on a new daemon thread; its future."""
+    future: Future[Out] = Future()
+
+    def run() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
         try:
-            while True:
-                while not exhausted and len(running) < window and len(running) + len(done) < limit:
-                    try:
-                        index, value = next(source)
-                    except StopIteration:
-                        exhausted = True
-                        break
-                    running[pool.submit(function, value)] = (index, value)
-                if not running and not done:
-                    return
-                if running:
-                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                    for future in finished:
-                        index, value = running.pop(future)
-                        done[index] = (value, future)
-                if ordered:
-                    while next_out in done:
-                        yield done.pop(next_out)
-                        next_out += 1
-                else:
-                    for index in sorted(done):
-                        yield done.pop(index)
-        finally:
-            for future in running:
-                future.cancel()
+            future.set_result(function(value))
+        except BaseException as error:  # handed to the consumer through the future
+            future.set_exception(error)
+
+    threading.Thread(target=run, name="outpaint", daemon=True).start()
+    return future

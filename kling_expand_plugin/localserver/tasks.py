@@ -147,6 +147,7 @@ class TaskStore:
         self._faults = faults
         self._callbacks = callbacks
         self._scheduler = scheduler
+        self._accept_reused_ids = accept_reused_ids
         self._random = random.Random(f"{seed}:tasks")
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kling-local-fill")
         self._lock = threading.RLock()

@@ -40,9 +40,10 @@ def test_the_ledger_is_counted_by_status(tmp_path):
     ledger = SqliteLedger(tmp_path / "ledger.sqlite")
     for number, status in enumerate(["succeed", "succeed", "failed"]):
         external = f"kep-{number}"
-        ledger.intend("local", external, f"{number}.png")
-        ledger.record("local", Task(f"t{number}", TaskStatus(status), external_task_id=external))
-    ledger.intend("local", "kep-doubt", "doubt.png")
+        ledger.claim("local", external, f"{number}.png")
+        task = Task(f"t{number}", TaskStatus(status), external_task_id=external)
+        ledger.record("local", external, task)
+    ledger.claim("local", "kep-doubt", "doubt.png")
     ledger.close()
     ran = run_cli("doctor", "--endpoint", "local", "--ledger", str(tmp_path / "ledger.sqlite"))
     assert ran.code == 0, ran.stdout

@@ -91,3 +91,24 @@ def test_a_server_echoing_the_token_is_redacted(make_client, caplog):
         make_client(url, credentials=creds).get("t1")
     assert "bad token *** for ***" in str(caught.value)
     assert_no_secret([*exception_texts(caught.value), caplog.text], {SECRET_KEY, *creds.tokens})
+
+
+def test_a_short_secret_is_hidden_without_garbling_the_text():
+    from kling_expand_plugin.auth import Credentials
+
+    credentials = Credentials("ak", "x")
+    text = credentials.redact("Max retries exceeded with url: /expand (secret x, key=x)")
+    assert text == "Max retries exceeded with url: /expand (secret ***, key=***)"
+    long = Credentials("ak", "a-long-secret-0123456789")
+    assert long.redact("id=a-long-secret-0123456789!") == "id=***!"
+
+
+def test_a_short_test_key_signs_without_a_warning():
+    import subprocess
+    import sys
+
+    code = "from kling_expand_plugin.auth import Credentials; Credentials('ak', 'sk').bearer_token()"
+    ran = subprocess.run(
+        [sys.executable, "-W", "default", "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert ran.returncode == 0 and ran.stderr == ""

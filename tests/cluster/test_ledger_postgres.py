@@ -47,11 +47,11 @@ def test_a_task_goes_from_intent_to_complete_with_its_results_in_the_database(fr
     ledger = open_ledger(fresh_postgres)
     try:
         assert ledger.entry(ENDPOINT, "kep-1") is None
-        ledger.intend(ENDPOINT, "kep-1", "a.png")
+        assert ledger.claim(ENDPOINT, "kep-1", "a.png").mine
         entry = ledger.entry(ENDPOINT, "kep-1")
         assert entry is not None and entry.status == "creating" and entry.task_id is None
-        ledger.record(ENDPOINT, task("kep-1"))
-        ledger.record(ENDPOINT, task("kep-1", "succeed", images=2))
+        ledger.record(ENDPOINT, "kep-1", task("kep-1"))
+        ledger.record(ENDPOINT, "kep-1", task("kep-1", "succeed", images=2))
         ledger.store_result(ENDPOINT, "kep-1", 0, b"first")
         partial = ledger.entry(ENDPOINT, "kep-1")
         assert partial is not None and not partial.complete  # one of two results stored
@@ -70,17 +70,18 @@ def test_a_task_goes_from_intent_to_complete_with_its_results_in_the_database(fr
         again.close()
 
 
-def test_workers_intending_one_external_id_at_once_share_one_row(fresh_postgres):
+def test_of_workers_claiming_one_external_id_at_once_exactly_one_creates(fresh_postgres):
     ledgers = [open_ledger(fresh_postgres) for _ in range(6)]
+    for number, ledger in enumerate(ledgers):
+        ledger.owner = f"worker-{number}"  # as if each were another process
     start = threading.Barrier(len(ledgers))
+    claims = []
 
-    def intend(ledger, number):
+    def claim(ledger, number):
         start.wait()
-        ledger.intend(ENDPOINT, "kep-shared", f"from-worker-{number}.png")
+        claims.append(ledger.claim(ENDPOINT, "kep-shared", f"from-worker-{number}.png"))
 
-    threads = [
-        threading.Thread(target=intend, args=(ledger, n)) for n, ledger in enumerate(ledgers)
-    ]
+    threads = [threading.Thread(target=claim, args=(ledger, n)) for n, ledger in enumerate(ledgers)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -94,6 +95,7 @@ def test_workers_intending_one_external_id_at_once_share_one_row(fresh_postgres)
     for ledger in ledgers:
         ledger.close()
     assert rows == (1,)
+    assert len(claims) == 6 and sum(claim.mine for claim in claims) == 1
 
 
 def test_the_password_never_shows():

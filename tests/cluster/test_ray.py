@@ -123,3 +123,16 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_pays_once(
     while ray.get(broker.stats.remote())["in_use"] and time.monotonic() < deadline:
         time.sleep(0.2)
     assert ray.get(broker.stats.remote())["in_use"] == 0
+
+
+def test_the_budget_is_one_ceiling_for_every_worker(ray_cluster, server, inputs, tmp_path):
+    import ray
+
+    broker = account_slots(K, budget=10, name="slots-budget", lease_seconds=5)
+    dataset = ray.data.read_binary_files(str(inputs), include_paths=True)
+    rows = run(dataset, Outpaint, broker, str(tmp_path / "ledger.sqlite"), server.url).take_all()
+    stats, broker_stats = server.stats(), ray.get(broker.stats.remote())
+    assert stats["units_charged"] == broker_stats["units_spent"] == 10  # not 10 per worker
+    assert broker_stats["units_reserved"] == 0
+    assert sum(row["units"] for row in rows) == 10
+    assert sum("budget" in row["error"] for row in rows) == IMAGES - 10

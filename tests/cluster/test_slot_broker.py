@@ -84,3 +84,34 @@ def test_a_renewal_the_broker_does_not_know_is_counted_again():
 def test_a_task_larger_than_the_account_is_refused():
     with pytest.raises(ValueError, match="cannot fit"):
         run(SlotBroker(2).acquire(3))
+
+
+def test_a_renewal_that_crosses_a_release_does_not_bring_the_lease_back():
+    async def scenario():
+        broker = SlotBroker(2, lease_seconds=30)
+        lease = await broker.acquire(2)
+        await broker.release(lease)
+        await broker.renew({lease: 2})  # sent before the release, arrived after it
+        await broker.acquire(2)
+        return await broker.stats()
+
+    stats = run(scenario())
+    assert stats["in_use"] == 2 and stats["max_in_use"] == 2
+
+
+def test_the_broker_budget_is_a_ceiling_reserved_until_settled():
+    from kling_expand_plugin.taskrunner import BudgetReached
+
+    async def scenario():
+        broker = SlotBroker(4, lease_seconds=30, budget=5)
+        first = await broker.reserve("a.png", 2)
+        second = await broker.reserve("b.png", 2)
+        with pytest.raises(BudgetReached):
+            await broker.reserve("c.png", 2)  # 4 reserved + 2 > 5
+        await broker.settle(first, 2.0, 2)
+        await broker.release_units(second)  # that create never happened
+        await broker.reserve("c.png", 2)
+        return await broker.stats()
+
+    stats = run(scenario())
+    assert stats["units_spent"] == 2 and stats["units_reserved"] == 2

@@ -1,0 +1,183 @@
+"""Camera photos at real sizes: peak memory flat in the batch's size, CPU near Pillow's floor.
+
+Makes its own photo-like 24 MP JPEGs (6000 x 4000, a few MB each) and expands them to 16:9 at
+area 2 (48 MP results) with K = 8 slots, against `kling-expand serve` in its own process, so
+that every figure is the client's alone:
+
+- memory: the peak RSS of `kling-expand expand` and of `imgpipe run` (load, outpaint, save) for
+  N and for 2N photos; bounded by design means the ratio 2N / N stays near 1 (goal <= 1.1) and
+  the peak under 2 GiB;
+- CPU: for each output format, the client's CPU time per photo against Pillow's own floor for
+  that photo (decode the input, decode the API's result, encode the output in that format,
+  measured in this process); goal <= 1.3x.
+
+Run: .venv/bin/python bench/photos.py [--n 8] [--formats png,jpeg,webp]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from harness import server_process, use_server_keys
+from PIL import Image
+
+SIZE = (6000, 4000)
+SLOTS = 8
+EXPAND = [sys.executable, "-m", "kling_expand_plugin.cli", "expand"]
+IMGPIPE = [sys.executable, "-m", "hooks.cli"]
+
+
+def photo(number: int) -> Image.Image:
+    """A photo-like picture: smooth light, a few shapes, sensor noise (compresses like one)."""
+    rng = np.random.default_rng(number)
+    width, height = SIZE
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack(
+        [
+            120 + 80 * np.sin(x / (700 + 50 * number) + c) * np.cos(y / (900 + 30 * c))
+            for c in range(3)
+        ],
+        axis=-1,
+    )
+    for _ in range(12):
+        cx, cy, r = rng.integers(0, width), rng.integers(0, height), rng.integers(100, 900)
+        mask = (x - cx) ** 2 + (y - cy) ** 2 < r * r
+        base[mask] = base[mask] * 0.5 + rng.integers(0, 255, 3) * 0.5
+    base += rng.normal(0, 6, base.shape).astype(np.float32)
+    return Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
+
+
+def make_photos(folder: Path, count: int) -> list[Path]:
+    """`count` distinct 24 MP JPEGs in `folder` (the first made once and varied cheaply)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    first = photo(0)
+    paths = []
+    for number in range(count):
+        path = folder / f"photo{number:02d}.jpg"
+        if not path.exists():
+            image = first.rotate(180) if number % 2 else first
+            shade = Image.new("RGB", (400, 400), ((number * 53) % 256, 90, 160))
+            image = image.copy()
+            image.paste(shade, (200 + 97 * number, 300))
+            image.save(path, "JPEG", quality=90)
+        paths.append(path)
+    return paths
+
+
+def run_measured(command: list[str], env: dict[str, str]) -> tuple[float, float, float]:
+    """Run a command; (peak RSS in MiB, CPU seconds user + system, wall seconds) of it."""
+    started = time.monotonic()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.monotonic() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode not in (0,):
+        stderr = process.stderr.read().decode() if process.stderr else ""
+        raise RuntimeError(f"{command[2:4]} exited {process.returncode}: {stderr[-2000:]}")
+    return usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime, wall
+
+
+def expand_command(url: str, inputs: Path, out: Path, fmt: str | None) -> list[str]:
+    command = [*EXPAND, str(inputs), "--aspect", "16:9", "--area", "2"]
+    command += ["--concurrency", str(SLOTS), "--endpoint", url, "--out", str(out), "--quiet"]
+    command += ["--ledger", str(out.parent / f"{out.name}.ledger.sqlite")]
+    return command + (["--format", fmt] if fmt else [])
+
+
+def imgpipe_command(url: str, inputs: Path, out: Path) -> list[str]:
+    config = out.parent / f"{out.name}.toml"
+    config.write_text(
+        f'[[stages]]\nstage = "load"\npaths = ["{inputs}"]\n\n'
+        f'[[stages]]\nstage = "outpaint"\nendpoint = "{url}"\naspect = "16:9"\narea = 2\n'
+        f'concurrency = {SLOTS}\nledger = "{out.parent / (out.name + ".ledger.sqlite")}"\n\n'
+        f'[[stages]]\nstage = "save"\nfolder = "{out}"\n'
+    )
+    return [*IMGPIPE, "run", str(config)]
+
+
+def pillow_floor(photo_path: Path, result: Image.Image, fmt: str) -> float:
+    """CPU seconds Pillow needs for one photo: decode the input, decode the result, encode the
+    output (the result's size) in `fmt`."""
+    buffer = io.BytesIO()
+    result.save(buffer, "PNG", compress_level=1)  # what the local server sends
+    encoded_result = buffer.getvalue()
+    started = time.process_time()
+    with Image.open(photo_path) as image:
+        image.load()
+    with Image.open(io.BytesIO(encoded_result)) as image:
+        image.load()
+        decoded = image
+    output = io.BytesIO()
+    options = {"png": {"compress_level": 1}, "jpeg": {"quality": 90}, "webp": {"quality": 90}}
+    decoded.save(output, fmt.upper(), **options[fmt])
+    return time.process_time() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=8, help="photos in the smaller batch")
+    parser.add_argument("--formats", default="png,jpeg,webp", help="output formats to time")
+    parser.add_argument("--skip-imgpipe", action="store_true")
+    args = parser.parse_args()
+    use_server_keys()
+    env = dict(os.environ)
+    formats = [f for f in args.formats.split(",") if f]
+    with tempfile.TemporaryDirectory(prefix="bench-photos-") as tmp:
+        root = Path(tmp)
+        photos = make_photos(root / "all", 2 * args.n)
+        batches = {}
+        for count in (args.n, 2 * args.n):
+            folder = root / f"in{count}"
+            folder.mkdir()
+            for path in photos[:count]:
+                (folder / path.name).symlink_to(path)
+            batches[count] = folder
+        rows = []
+        with server_process(latency=1.0, concurrency=SLOTS) as url:
+            for count, folder in batches.items():
+                out = root / f"out-expand-{count}"
+                rss, cpu, wall = run_measured(expand_command(url, folder, out, None), env)
+                rows.append(("kling-expand expand", count, rss, cpu, wall))
+                print(f"expand  {count:3d} photos: peak {rss:7.0f} MiB  CPU {cpu:6.1f} s  "
+                      f"({cpu / count:.2f} s a photo)  wall {wall:.0f} s", flush=True)  # fmt: skip
+            if not args.skip_imgpipe:
+                for count, folder in batches.items():
+                    out = root / f"out-imgpipe-{count}"
+                    rss, cpu, wall = run_measured(imgpipe_command(url, folder, out), env)
+                    rows.append(("imgpipe run", count, rss, cpu, wall))
+                    print(f"imgpipe {count:3d} photos: peak {rss:7.0f} MiB  CPU {cpu:6.1f} s  "
+                          f"wall {wall:.0f} s", flush=True)  # fmt: skip
+            cpu_rows = []
+            for fmt in formats:
+                out = root / f"out-{fmt}"
+                rss, cpu, wall = run_measured(expand_command(url, batches[args.n], out, fmt), env)
+                result = next(p for p in sorted(out.iterdir()) if p.suffix != ".html")
+                with Image.open(result) as image:
+                    image.load()
+                    floor = pillow_floor(photos[0], image.convert("RGB"), fmt)
+                cpu_rows.append((fmt, cpu / args.n, floor))
+        print()
+        print(f"memory ({SIZE[0]} x {SIZE[1]} JPEGs, 16:9 at area 2, K = {SLOTS}):")
+        for name in ("kling-expand expand", "imgpipe run"):
+            mine = [row for row in rows if row[0] == name]
+            if len(mine) == 2:
+                (_, n1, rss1, _, _), (_, n2, rss2, _, _) = mine
+                print(f"  {name}: peak {rss1:.0f} MiB for {n1}, {rss2:.0f} MiB for {n2}: "
+                      f"ratio {rss2 / rss1:.2f} (goal <= 1.1), max {max(rss1, rss2) / 1024:.2f} "
+                      "GiB (goal <= 2)")  # fmt: skip
+        print("CPU per photo against Pillow's floor (decode input + decode result + encode):")
+        for fmt, per_photo, floor in cpu_rows:
+            print(f"  {fmt:5s}: {per_photo:.2f} s a photo, floor {floor:.2f} s: "
+                  f"ratio {per_photo / floor:.2f} (goal <= 1.3)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
