@@ -23,15 +23,12 @@ from types import FrameType
 from typing import Any
 
 import requests
-from PIL import Image
 
 from hooks import ConfigError, Item
-from hooks.encoding import EXTENSIONS
 from hooks.files import ExistsError, clean_leftovers, write_atomically
 from hooks.stages.load import load
 
 from . import ledger as ledger_module
-from . import limits
 from .api import by_source, failure_of, url_name
 from .auth import Credentials
 from .client import DEFAULT_BASE_URL, EXPAND_PATH, KlingClient, PollSchedule, RetryPolicy
@@ -66,7 +63,6 @@ from .plan import (
     MAX_AREA,
     PlanError,
     parse_aspect,
-    plan_expansion,
     ratios_for_aspect,
 )
 from .prepare import ANIMATED_POLICIES, FitError, prepare
@@ -615,20 +611,18 @@ def _check_destination(
     clashes: list[Path] = []
     needed = 0
     for item in items:
-        name = str(item.metadata[NAME_METADATA])
         try:
-            header = _header(item)
-        except Exception:  # not an image, or a URL: it fails later with its own error
-            header = None
-        pillow_format = stage.output.pillow_format(header[0] if header else None)
-        extension = EXTENSIONS[pillow_format]
+            extension, size = stage.expected(item)
+        except Exception:  # not an image: it fails later with its own error, writing nothing
+            continue
+        name = str(item.metadata[NAME_METADATA])
         paths = [out / result_key(name, v, extension) for v in range(stage.n)]
         there = [path for path in paths if path.exists()]
         if there and (len(there) == len(paths) or _unchanged_copy(item, stage, there, paths)):
             complete[item.key] = there
         clashes += there
-        if header is not None and not (args.skip_existing and item.key in complete):
-            needed += estimated_bytes(_canvas_pixels(header[1], stage), stage.n, pillow_format)
+        if not (args.skip_existing and item.key in complete):
+            needed += size
     if clashes and not (args.overwrite or args.skip_existing):
         raise UsageError(
             f"{_count(len(clashes), 'result')} would replace files in {out} (the first: "
@@ -642,22 +636,6 @@ def _check_destination(
             f"{megabytes(needed)} (an estimate): free some space or choose another --out"
         )
     return complete
-
-
-def _header(item: Item) -> tuple[str | None, tuple[int, int]]:
-    """The input's format and size from its header, without decoding or fetching a URL."""
-    if not isinstance(item.image, Path):
-        raise ValueError("not a local file")
-    with Image.open(item.image) as image:
-        return image.format, image.size
-
-
-def _canvas_pixels(size: tuple[int, int], stage: OutpaintStage) -> int:
-    try:
-        canvas = plan_expansion(*size, stage.target).canvas
-        return canvas.width * canvas.height
-    except PlanError:
-        return int(size[0] * size[1] * limits.MAX_AREA)
 
 
 def _unchanged_copy(item: Item, stage: OutpaintStage, there: list[Path], paths: list[Path]) -> bool:

@@ -14,12 +14,15 @@ import tempfile
 import threading
 import time
 from collections.abc import Generator, Iterable, Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 from PIL import Image, ImageColor
 
 from hooks import Item, OptionError
+from hooks.encoding import EXTENSIONS
+from hooks.stages.save import ESTIMATED_BYTES
 
 from . import limits
 from .auth import Credentials
@@ -36,9 +39,19 @@ from .output import (
     OutputFormat,
     Source,
     encode_result,
+    estimated_bytes,
     result_key,
 )
-from .plan import MAX_AREA, Plan, PlanError, Target, parse_anchor, parse_aspect, parse_size
+from .plan import (
+    MAX_AREA,
+    Plan,
+    PlanError,
+    Target,
+    parse_anchor,
+    parse_aspect,
+    parse_size,
+    plan_expansion,
+)
 from .prepare import (
     ANIMATED_POLICIES,
     DEFAULT_MAX_PIXELS,
@@ -74,6 +87,7 @@ RESULT_FIELDS = (
     "upload",
 )
 """The keys of every result's `metadata["outpaint"]`."""
+URL_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP"}
 ORDERS = ("input", "completed")
 WEBHOOK_SECRET_ENV = "KLING_WEBHOOK_SECRET"
 RESULT_PIXEL_LIMIT = 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)
@@ -362,16 +376,32 @@ class OutpaintStage:
         for item in items:
             name = str(item.metadata.get(NAME_METADATA) or names.name(item.key))
             try:
-                extension = self.output.extension(_format_of(item))
+                extension, size = self.expected(item)
             except Exception:  # not an image: it will fail with its error, writing nothing
                 continue
             for variant in range(self.n):
                 outpaint = dict.fromkeys(RESULT_FIELDS) | {"source_key": item.key}
                 outpaint["variant"] = variant
                 metadata = {**item.metadata, "variant": variant, "outpaint": outpaint}
+                metadata[ESTIMATED_BYTES] = size // self.n
                 key = result_key(name, variant, extension)
                 previews.append(Item(key, item.image, None, metadata))
         return previews
+
+    def expected(self, item: Item) -> tuple[str, int]:
+        """The file extension of an input's results and about how many bytes they take, from
+        its header alone (a URL's from its name, its size unknown: 0 bytes); raises when a
+        local input is not an image."""
+        source_format, size = _header(item)
+        pillow_format = self.output.pillow_format(source_format)
+        pixels = 0
+        if size is not None:
+            try:
+                canvas = plan_expansion(*size, self.target).canvas
+                pixels = canvas.width * canvas.height
+            except PlanError:
+                pixels = int(size[0] * size[1] * limits.MAX_AREA)
+        return EXTENSIONS[pillow_format], estimated_bytes(pixels, self.n, pillow_format)
 
     def _expand(self, runner: TaskRunner, item: Item, name: str) -> list[Item]:
         """The whole life of one item: prepare, plan, run the calls, stitch, encode."""
@@ -493,13 +523,15 @@ def _named(items: Iterable[Item], names: dict[int, str]) -> Iterator[Item]:
         yield item
 
 
-def _format_of(item: Item) -> str | None:
-    """The input's format from its header (None for a URL, which is not fetched for this)."""
+def _header(item: Item) -> tuple[str | None, tuple[int, int] | None]:
+    """The input's format and size from its header; a URL is not fetched for this: its
+    format is guessed from its name, its size unknown."""
     if item.is_url:
-        return None
+        suffix = PurePosixPath(urlsplit(str(item.image)).path).suffix.lower()
+        return URL_FORMATS.get(suffix), None
     image_file = item.image if isinstance(item.image, Path) else io.BytesIO(item.read_bytes())
     with Image.open(image_file) as image:
-        return image.format
+        return image.format, image.size
 
 
 def _upright(decoded: Decoded) -> Image.Image:

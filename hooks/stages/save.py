@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import io
 import logging
+import shutil
 import string
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -21,7 +22,8 @@ from ..registry import Register, Stage
 from .load import _inside
 
 log = logging.getLogger(__name__)
-HOST_FIELDS = ("key", "stem", "ext", "index")
+ESTIMATED_BYTES = "_estimated_bytes"
+"""A previewed item's metadata key: about how many bytes it will take (for the space check)."""
 
 
 @hookimpl
@@ -104,6 +106,13 @@ class Save:
                     "written, so results would be processed again; write elsewhere, or add the "
                     "folder to load's exclude"
                 )
+        needed = sum(int(item.metadata.get(ESTIMATED_BYTES) or 0) for item in items or [])
+        free = shutil.disk_usage(self.folder).free
+        if needed > free:
+            raise ConfigError(
+                f"save: option 'folder': {self.folder} has {free / 1e6:.1f} MB free; the "
+                f"results need about {needed / 1e6:.1f} MB (an estimate)"
+            )
         written: dict[str, Item] = {}
         for index, item in enumerate(items or []):
             try:

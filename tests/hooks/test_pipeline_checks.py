@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from hooks import ConfigError, load_config
 from kling_expand_plugin.localserver import LocalServer
 
 KEYS = {
@@ -166,3 +167,26 @@ def test_a_stage_failing_after_paid_work_ends_the_process_with_exit_1(server, ph
     ran = imgpipe("run", str(path), script=FAILING_STAGE, timeout=30)
     assert ran.returncode == 1, ran.stderr
     assert "boom: the disk caught fire" in ran.stderr
+
+
+def test_too_little_free_space_for_the_results_is_refused_before_any_task(
+    server, photos, tmp_path, monkeypatch
+):
+    from hooks import make_plugin_manager
+    from hooks.runner import build_pipeline, check_pipeline
+    from hooks.stages import save
+
+    for name, value in KEYS.items():
+        monkeypatch.setenv(name, value)
+    path = config(tmp_path, server, [str(photos)], f'folder = "{tmp_path / "out"}"')
+    stages = build_pipeline(make_plugin_manager().stages(), load_config(path))
+    check_pipeline(stages)  # room enough on the real disk
+    monkeypatch.setattr(save.shutil, "disk_usage", lambda path: _Usage(free=10_000))
+    with pytest.raises(ConfigError, match=r"stage #3: save: .* 0.0 MB free; the results need"):
+        check_pipeline(stages)
+    assert server.stats()["creates_by_external_id"] == {}
+
+
+class _Usage:
+    def __init__(self, free: int) -> None:
+        self.free = free
