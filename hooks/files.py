@@ -116,3 +116,8 @@ def escaped(text: str) -> str:
     """`text` as valid Unicode: each byte of a file name that was not UTF-8 (held by Python as
     a lone surrogate) written as %XX, so that the name can be printed, logged and stored."""
     return re.sub(r"[\udc80-\udcff]", lambda m: f"%{ord(m.group()) - 0xDC00:02X}", text)
+
+
+def is_inside(path: Path, folders: list[Path]) -> bool:
+    """Whether `path` is one of `folders` or in one of them (all resolved)."""
+    return any(path == folder or folder in path.parents for folder in folders)

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ..errors import OptionError
-from ..files import escaped
+from ..files import escaped, is_inside
 from ..item import Item
 from ..markers import hookimpl
 from ..registry import Register, Stage
@@ -74,7 +74,7 @@ class Load:
                 if resolved in sources:
                     log.warning("load: %s is named twice in paths; loading it once", source)
                     continue
-                if self.exclude and not _is_url(source) and _inside(Path(resolved), self.exclude):
+                if self.exclude and not _is_url(source) and is_inside(Path(resolved), self.exclude):
                     continue
                 sources.add(resolved)
                 key = escaped(key)
@@ -82,11 +82,6 @@ class Load:
                     key = escaped(source)
                 keys.add(key)
                 yield Item(key=key, image=source if _is_url(source) else Path(source))
-
-
-def _inside(path: Path, folders: list[Path]) -> bool:
-    """Whether `path` is one of `folders` or in one of them (all resolved)."""
-    return any(path == folder or folder in path.parents for folder in folders)
 
 
 def _is_url(path: str) -> bool:

@@ -15,11 +15,10 @@ from PIL import Image
 
 from ..encoding import DEFAULT_PNG_COMPRESSION, EXTENSIONS, FORMATS, encode
 from ..errors import ConfigError, OptionError
-from ..files import clean_leftovers, fit_name, write_atomically
+from ..files import clean_leftovers, fit_name, is_inside, write_atomically
 from ..item import Item
 from ..markers import hookimpl
 from ..registry import Register, Stage
-from .load import _inside
 
 log = logging.getLogger(__name__)
 ESTIMATED_BYTES = "_estimated_bytes"
@@ -100,7 +99,7 @@ class Save:
             log.info("save: removed %s, left by a writer that was killed", path)
         folder = self.folder.resolve()
         for item in items or []:
-            if isinstance(item.image, Path) and _inside(item.image.resolve(), [folder]):
+            if isinstance(item.image, Path) and is_inside(item.image.resolve(), [folder]):
                 raise ConfigError(
                     f"save: {item.image} is read from {self.folder}, where the results are "
                     "written, so results would be processed again; write elsewhere, or add the "
