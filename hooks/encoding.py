@@ -29,14 +29,6 @@ ORIENTATION = 0x0112
 _ICC_SPACES = {"GRAY": ("1", "L", "LA", "I;16", "I", "F"), "RGB": ("RGB", "RGBA", "P")}
 
 
-def format_name(value: str) -> str:
-    """Pillow's name for a format given as png, jpeg, jpg, webp or tiff (any case)."""
-    try:
-        return FORMATS[value.lower()]
-    except (KeyError, AttributeError):
-        raise ValueError(f"{value!r} is not one of {', '.join(FORMATS)}") from None
-
-
 def encode(
     image: Image.Image,
     format: str,

@@ -57,14 +57,7 @@ from .output import (
     megabytes,
     result_key,
 )
-from .plan import (
-    ANCHORS,
-    ASPECT_POLICIES,
-    MAX_AREA,
-    PlanError,
-    parse_aspect,
-    ratios_for_aspect,
-)
+from .plan import ANCHORS, ASPECT_POLICIES, MAX_AREA, PlanError, parse_aspect, ratios_for_aspect
 from .prepare import ANIMATED_POLICIES, FitError, prepare
 from .progress import Progress
 from .report import ContactSheet, format_ratios

@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any
 
 from PIL import Image, ImageCms
 
@@ -21,6 +20,7 @@ from hooks.encoding import (
     DEFAULT_PNG_COMPRESSION,
     DEFAULT_QUALITY,
     EXTENSIONS,
+    FORMATS,
     MEDIA_TYPES,
     encode,
 )
@@ -81,7 +81,7 @@ class OutputFormat:
         """The Pillow format name results of an input in `source_format` are written in."""
         if self.format == "auto":
             return source_format if source_format in KEPT_FORMATS else "PNG"
-        return {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}[self.format]
+        return FORMATS[self.format]
 
     def extension(self, source_format: str | None) -> str:
         return EXTENSIONS[self.pillow_format(source_format)]
@@ -152,11 +152,6 @@ def _to_cmyk(image: Image.Image, icc: bytes | None) -> tuple[Image.Image, bytes 
         except (ImageCms.PyCMSError, OSError, ValueError):
             pass
     return image.convert("CMYK"), None
-
-
-def metadata_fields(outpaint: dict[str, Any]) -> dict[str, Any]:
-    """The result metadata a listing shows: everything but the mask and the upload details."""
-    return {key: value for key, value in outpaint.items() if key not in ("mask", "upload")}
 
 
 BYTES_PER_PIXEL = {"PNG": 2.0, "JPEG": 0.6, "WEBP": 0.5}
