@@ -15,7 +15,7 @@ from PIL import Image
 
 from ..encoding import DEFAULT_PNG_COMPRESSION, EXTENSIONS, FORMATS, encode
 from ..errors import ConfigError, OptionError
-from ..files import clean_leftovers, fit_name, is_inside, write_atomically
+from ..files import ExistsError, clean_leftovers, fit_name, is_inside, write_atomically
 from ..item import Item
 from ..markers import hookimpl
 from ..registry import Register, Stage
@@ -113,6 +113,7 @@ class Save:
                 f"results need about {needed / 1e6:.1f} MB (an estimate)"
             )
         written: dict[str, Item] = {}
+        existing = []
         for index, item in enumerate(items or []):
             try:
                 path = self.folder / self.relative_name(item, index, self._extension_of(item))
@@ -124,6 +125,16 @@ class Save:
                     f"save: items {other.key!r} and {item.key!r} would both be written to "
                     f"{path}; put a field that tells them apart, such as {{key}}, in name"
                 )
+            existing += [path] if path.exists() else []
+        if existing and not self.overwrite:
+            log.warning(
+                "save: %d of the files to write exist in %s (the first: %s); those that come "
+                "out the same are left as they are, the others are not replaced (each is an "
+                "error) unless overwrite = true",
+                len(existing),
+                self.folder,
+                existing[0],
+            )
 
     def preview(self, items: list[Item]) -> list[Item]:
         return items
@@ -147,7 +158,10 @@ class Save:
         index_before, key_before = written.setdefault(str(path).casefold(), (index, item.key))
         if index_before != index:
             raise ValueError(f"item {key_before!r} was written to {path} already in this run")
-        write_atomically(path, data, overwrite=self.overwrite)
+        try:
+            write_atomically(path, data, overwrite=self.overwrite)
+        except ExistsError as exc:
+            raise ExistsError(f"{exc}; overwrite = true replaces it") from None
         return path
 
     def _extension_of(self, item: Item) -> str:
