@@ -35,7 +35,7 @@ def test_valid_jwt_is_accepted(api):
         ),
         ({"Authorization": f"Bearer {make_token(iss='someone-else')}"}, 1000),
         ({"Authorization": f"Bearer {make_token(exp_in=-10, nbf_in=-100)}"}, 1004),
-        ({"Authorization": f"Bearer {make_token(nbf_in=120)}"}, 1003),
+        ({"Authorization": f"Bearer {make_token(nbf_in=86400)}"}, 1003),  # made at collection
     ],
     ids=[
         "no-header",
