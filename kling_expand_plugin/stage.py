@@ -13,7 +13,7 @@ import secrets
 import tempfile
 import threading
 import time
-from collections.abc import Generator, Iterable
+from collections.abc import Generator, Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -33,9 +33,11 @@ from .plan import MAX_AREA, Plan, PlanError, Target, parse_anchor, parse_aspect,
 from .prepare import (
     ANIMATED_POLICIES,
     DEFAULT_MAX_PIXELS,
+    Decoded,
     FitError,
     FitOptions,
     Upload,
+    decode,
     encode_within_limit,
     prepare,
 )
@@ -171,6 +173,8 @@ class OutpaintStage:
         self._active: TaskRunner | None = None
         self._times = (0.0, 0.0)
         self._cancelled = threading.Event()
+        self.cpu_workers = _cores()
+        self._cpu = threading.BoundedSemaphore(self.cpu_workers)
 
     def cancel(self) -> None:
         """Stop the run under way: no new inputs or tasks from now on, waits end at once, and
@@ -212,12 +216,14 @@ class OutpaintStage:
         self._cancelled.clear()
         with contextlib.ExitStack() as stack:
             runner = self._active = self._runner(stack)
-            tasks_at_once = self.concurrency // self.n
+            # The tasks the slots allow, plus an item per CPU worker being prepared or stitched.
+            window = self.concurrency // self.n + self.cpu_workers
             results = windowed_map(
                 lambda item: self._expand(runner, item),
                 itertools.takewhile(lambda _: not self._cancelled.is_set(), items),
-                window=2 * tasks_at_once,  # the second half prepares and downloads meanwhile
+                window=window,
                 ordered=self.order == "input",
+                reorder_limit=2 * window,
             )
             try:
                 for item, future in results:
@@ -319,20 +325,51 @@ class OutpaintStage:
         return default_ledger_path()
 
     def _expand(self, runner: TaskRunner, item: Item) -> list[Item]:
-        """The whole life of one item: prepare, plan, run the calls, stitch."""
-        decoded, upload, plan = prepare(item, self.target, self.fit_options)
-        if plan.is_empty:
-            log.info("outpaint: %s already has the target shape; passed through", item.key)
-            item.metadata["outpaint"] = {"skipped": "already the target shape"}
-            return [item]
-        if not plan.passes:
-            log.warning("outpaint: %s: the target was reached by padding alone", item.key)
-        variants, outcomes = self._run_passes(runner, item, upload, plan)
+        """The whole life of one item: prepare, plan, run the calls, stitch.
+
+        Decoding, fitting, stitching and encoding take one of the stage's few CPU workers;
+        while its tasks run, an item holds its upload and its input file's bytes (or just its
+        path), never decoded pixels, so memory is bounded by the CPU workers, not by the
+        window of tasks.
+        """
+        with self._cpu_worker(runner):
+            decoded, upload, plan = prepare(item, self.target, self.fit_options)
+            if plan.is_empty:
+                log.info("outpaint: %s already has the target shape; passed through", item.key)
+                item.metadata["outpaint"] = {"skipped": "already the target shape"}
+                return [item]
+            if not plan.passes:
+                log.warning("outpaint: %s: the target was reached by padding alone", item.key)
+                return self._stitched(item, decoded, upload, plan, [upload.data], [])
+            sizes = _pass_outputs(item.key, plan)  # refused here, before anything is paid
+            source = item.replace(image=decoded.data) if item.is_url else item  # fetched once
+            del decoded
+        variants, outcomes = self._run_passes(runner, item, upload, plan, sizes)
+        with self._cpu_worker(runner):
+            decoded = decode(source, self.fit_options)
+            return self._stitched(item, decoded, upload, plan, variants, outcomes)
+
+    @contextlib.contextmanager
+    def _cpu_worker(self, runner: TaskRunner) -> Iterator[None]:
+        with self._cpu:
+            runner.check_cancelled()
+            yield
+
+    def _stitched(
+        self,
+        item: Item,
+        decoded: Decoded,
+        upload: Upload,
+        plan: Plan,
+        variants: list[bytes],
+        outcomes: list[Outcome],
+    ) -> list[Item]:
+        """One result item per variant: the API's output stitched onto the original."""
         stem = PurePosixPath(item.key).with_suffix("").as_posix()
         results = []
-        for variant, expanded in enumerate(variants):
+        for variant, data in enumerate(variants):
             image, canvas = stitch(
-                expanded,
+                _open(data),
                 plan,
                 decoded,
                 upload.scale,
@@ -364,16 +401,19 @@ class OutpaintStage:
         return results
 
     def _run_passes(
-        self, runner: TaskRunner, item: Item, upload: Upload, plan: Plan
-    ) -> tuple[list[Image.Image], list[Outcome]]:
-        """The last call's output for each variant (n from the first call, one call each after)."""
-        if not plan.passes:
-            return [Image.open(io.BytesIO(upload.data))], []
-        sizes = _pass_outputs(item.key, plan)  # refused here, before anything is paid
+        self,
+        runner: TaskRunner,
+        item: Item,
+        upload: Upload,
+        plan: Plan,
+        sizes: list[tuple[int, int]],
+    ) -> tuple[list[bytes], list[Outcome]]:
+        """The last call's output for each variant (n from the first call, one call each
+        after), as the API sent them."""
         outcomes: list[Outcome] = []
         inputs = [upload.image_field()]
         for number, ratios in enumerate(plan.passes):
-            outputs = []
+            outputs: list[bytes] = []
             for image_field in inputs:
                 request = ExpandRequest(
                     image=image_field,
@@ -400,11 +440,20 @@ class OutpaintStage:
                     len(outcome.images),
                     outcome.units,
                 )
-                outputs += [_open(data) for data in outcome.images]
+                outputs += outcome.images
             if number + 1 == len(plan.passes):
                 return outputs, outcomes
-            inputs = [_next_input(output, sizes[number]) for output in outputs]
+            with self._cpu_worker(runner):
+                inputs = [_next_input(_open(output), sizes[number]) for output in outputs]
         raise AssertionError("unreachable: the loop returns after the last pass")
+
+
+def _cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def _pass_outputs(key: str, plan: Plan) -> list[tuple[int, int]]:

@@ -197,7 +197,7 @@ class TaskRunner:
         work_id = request.resolved_external_id
         deadline = time.monotonic() + self.timeout
         while True:
-            self._check_cancelled()
+            self.check_cancelled()
             entry = self.ledger.entry(self.endpoint_key, work_id)
             if entry is None or (entry.task_id is None and entry.status == INTENT):
                 claim = self.ledger.claim(self.endpoint_key, work_id, key)
@@ -254,7 +254,7 @@ class TaskRunner:
             with self.slots.hold(request.n, cancel=self.cancelled):
                 task = self._find(sent_id) if claim.in_doubt else None
                 if task is None:
-                    self._check_cancelled()
+                    self.check_cancelled()
                     reservation = self.budget.reserve(key, request.n) if self.budget else None
                     posted = True
                     task = self._post(key, request, work_id)
@@ -376,7 +376,7 @@ class TaskRunner:
         unconfirmed_end = False  # an unsigned "ended" delivery the API did not confirm
         try:
             while not task.finished:
-                self._check_cancelled()
+                self.check_cancelled()
                 now = time.monotonic()
                 if now >= deadline:
                     raise WaitTimeout(task.task_id, self.timeout, task)
@@ -422,7 +422,8 @@ class TaskRunner:
         if self.cancelled.wait(max(0.0, seconds)):
             raise Cancelled("stopped: no new tasks; running tasks are kept for the next run")
 
-    def _check_cancelled(self) -> None:
+    def check_cancelled(self) -> None:
+        """Raise Cancelled once `cancel()` was called."""
         self._sleep(0.0)
 
 
