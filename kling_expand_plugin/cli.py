@@ -20,6 +20,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path, PurePosixPath
 from types import FrameType
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from PIL import Image, ImageOps
@@ -56,6 +57,8 @@ from .stage import OutpaintStage
 from .stitch import canvas_at_original, content_of
 
 DEFAULT_PORT = 8765
+LOCAL_SERVE_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
+"""Where `kling-expand serve` listens by default: what `tasks --endpoint local` talks to."""
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 MAX_CLOCK_SKEW = 5.0
@@ -641,7 +644,10 @@ def _add_tasks(
     actions = tasks.add_subparsers(dest="action", required=True, metavar="ACTION")
     task_common = argparse.ArgumentParser(add_help=False, parents=[common])
     task_common.add_argument(
-        "--endpoint", default=DEFAULT_BASE_URL, help=f"server URL (default {DEFAULT_BASE_URL})"
+        "--endpoint",
+        default="local",
+        help=f'"local" (default: a `kling-expand serve` at {LOCAL_SERVE_URL}) or a server URL '
+        f"such as {DEFAULT_BASE_URL}",
     )
     task_common.add_argument("--json", action="store_true", help="print JSON")
     listing = _command(
@@ -788,14 +794,28 @@ def _task_json(task: Task) -> dict[str, Any]:
 
 
 def _client(endpoint: str) -> KlingClient:
-    """A client of `endpoint` with the environment's credentials and short retries."""
-    if endpoint == "local":
-        raise UsageError(
-            '"local" lives only during an expand run: run `kling-expand serve` and pass its URL'
-        )
-    if not endpoint.startswith(("http://", "https://")):
-        raise UsageError(f"--endpoint {endpoint!r} is not an http(s) URL")
-    return KlingClient(endpoint, Credentials.from_env(), retry=CLI_RETRY)
+    """A client of `endpoint` with the environment's credentials and short retries; "local"
+    is a `kling-expand serve` on its default port, and a server on this machine started
+    without keys needs none."""
+    url = LOCAL_SERVE_URL if endpoint == "local" else endpoint
+    if not url.startswith(("http://", "https://")):
+        raise UsageError(f"--endpoint {endpoint!r} is not local or an http(s) URL")
+    try:
+        return KlingClient(url, Credentials.from_env(), retry=CLI_RETRY)
+    except CredentialsError as missing:
+        if not _is_loopback(url):
+            raise
+        client = KlingClient(url, Credentials("local", "no-keys-for-a-keyless-serve"))
+        try:
+            next(client.list(page_size=1), None)  # does this server take any token?
+        except AuthError:
+            raise missing from None
+        return client
+
+
+def _is_loopback(url: str) -> bool:
+    host = (urlsplit(url).hostname or "").lower()
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 @contextmanager
@@ -835,7 +855,12 @@ def _add_doctor(
         ),
         epilog="exit codes:\n  0  every check passed\n  1  some check failed\n  2  usage error",
     )
-    doctor.add_argument("--endpoint", default=DEFAULT_BASE_URL, help="server URL, or local")
+    doctor.add_argument(
+        "--endpoint",
+        default="local",
+        help='"local" (default: an embedded local server) or a server URL such as '
+        f"{DEFAULT_BASE_URL}",
+    )
     doctor.add_argument("--ledger", help="the ledger file (default: the user data folder's)")
     doctor.add_argument("--json", action="store_true", help="print the checks as JSON")
 

@@ -23,7 +23,7 @@ from hooks import Item, OptionError
 
 from . import limits
 from .auth import Credentials
-from .client import DEFAULT_BASE_URL, ExpandRequest, KlingClient, RetryPolicy
+from .client import ExpandRequest, KlingClient, RetryPolicy
 from .download import DEFAULT_MAX_BYTES
 from .errors import CredentialsError
 from .geometry import Ratios, canvas_for
@@ -65,7 +65,7 @@ class OutpaintStage:
     def __init__(
         self,
         *,
-        endpoint: str = DEFAULT_BASE_URL,
+        endpoint: str = "local",
         aspect: str | float | None = None,
         area: float | str | None = None,
         size: str | list[int] | None = None,

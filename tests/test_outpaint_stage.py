@@ -178,3 +178,9 @@ def test_imgpipe_run_exits_1_when_an_item_failed_and_2_on_a_config_error(tmp_pat
     config.write_text('[[stages]]\nstage = "outpaint"\n')
     done = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "option 'aspect'" in done.stderr
+
+
+def test_the_stage_defaults_to_the_local_server(monkeypatch):
+    for name in ("KLING_ACCESS_KEY", "KLING_SECRET_KEY", "KLING_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    assert OutpaintStage(aspect="16:9").endpoint == "local"  # no credentials needed
