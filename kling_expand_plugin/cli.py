@@ -48,6 +48,7 @@ from .geometry import canvas_for
 from .localserver import LocalServer
 from .localserver.faults import FAULTS
 from .localserver.fill import METHODS
+from .localserver.server import MAX_CONNECTIONS, QUERY_SHAPES
 from .models import Task
 from .plan import ANCHORS, ASPECT_POLICIES, MAX_AREA, PlanError, parse_aspect, ratios_for_aspect
 from .prepare import ANIMATED_POLICIES, FitError, prepare
@@ -975,6 +976,20 @@ def _add_serve(
         help="a reused external_task_id makes a new paid task instead of error 1201 (for tests)",
     )
     serve.add_argument(
+        "--query-shape",
+        choices=QUERY_SHAPES,
+        default="object",
+        help="data of the single-task query: the task object, as clients read it (default), or "
+        "a list of one task, as the documentation's example shows",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        default=MAX_CONNECTIONS,
+        help=f"connections served at once, one thread each; more get 5001 (default "
+        f"{MAX_CONNECTIONS})",
+    )
+    serve.add_argument(
         "--webhook-secret",
         default=os.environ.get("KLING_WEBHOOK_SECRET"),
         help="sign callbacks with this whsec_ secret (also KLING_WEBHOOK_SECRET)",
@@ -1004,6 +1019,8 @@ def serve_command(args: argparse.Namespace) -> int:
         rate_limit=args.rate_limit,
         slow_create_delay=args.slow_create_delay,
         accept_reused_ids=args.accept_reused_ids,
+        query_shape=args.query_shape,
+        max_connections=args.max_connections,
     )
     stop = threading.Event()
 
