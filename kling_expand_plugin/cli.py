@@ -984,7 +984,7 @@ def _add_serve(
     )
     serve.add_argument(
         "--max-connections",
-        type=int,
+        type=_connections,
         default=MAX_CONNECTIONS,
         help=f"connections served at once, one thread each; more get 5001 (default "
         f"{MAX_CONNECTIONS})",
@@ -1082,6 +1082,12 @@ def _latency(text: str) -> float | Callable[[random.Random], float]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"latency {text!r} is not S or MIN-MAX seconds") from None
     return lambda rng: rng.uniform(low_value, high_value)
+
+
+def _connections(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of connections >= 1")
+    return int(text)
 
 
 def _non_negative(value: float) -> float:

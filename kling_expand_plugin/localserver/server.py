@@ -10,7 +10,8 @@ Routes:
 - `GET /local/stats`: counters for tests (no token).
 
 Resources are bounded: at most `max_connections` connections are served at once (each on its
-own thread; one more is answered 5001, HTTP 503, and closed), request bodies held in memory
+own thread; one more waits up to `connection_wait` seconds for a free one, then is answered
+5001, HTTP 503, and closed), request bodies held in memory
 total at most `max_buffered_bytes`, auth and Content-Length are checked before a body is read,
 and results are streamed from files.
 """
@@ -62,6 +63,9 @@ DRAIN_LIMIT = 64 * 1024 * 1024
 
 MAX_CONNECTIONS = 64
 """Connections served at once by default, one handler thread each."""
+
+CONNECTION_WAIT = 1.0
+"""Seconds a connection beyond the limit waits for a free one before it is answered 5001."""
 
 MAX_BUFFERED_BYTES = 4 * MAX_BODY_BYTES
 """Request body bytes held in memory at once by default, over all connections."""
@@ -136,6 +140,7 @@ class LocalServer:
         self.fetch_timeout = fetch_timeout
         self.query_shape = query_shape
         self.max_connections = max_connections
+        self.connection_wait = CONNECTION_WAIT
         self.body_budget = ByteBudget(max_buffered_bytes)
         self.body_wait = body_wait
         self._scheduler = Scheduler()
@@ -231,6 +236,7 @@ class _HTTPServer(ThreadingHTTPServer):
     """One thread per connection, at most `app.max_connections` of them at once."""
 
     daemon_threads = True
+    request_queue_size = 128  # connections waiting in the kernel while every slot is busy
 
     def __init__(self, app: LocalServer) -> None:
         self.app = app
@@ -253,7 +259,9 @@ class _HTTPServer(ThreadingHTTPServer):
             }
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
+        # Waiting here holds up accepting, which is the point: the next connections wait in
+        # the kernel's queue until a handler thread is free.
+        if not self._slots.acquire(timeout=self.app.connection_wait):
             with self._counts_lock:
                 self._refused += 1
             _refuse_busy(request, self.app.max_connections)

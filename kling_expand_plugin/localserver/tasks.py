@@ -166,6 +166,12 @@ class TaskStore:
         self._slots_in_use = 0
         self._max_slots_in_use = 0
 
+    @property
+    def folder(self) -> Path | None:
+        """The temporary folder of result files (made at the first render; gone after stop)."""
+        with self._lock:
+            return self._folder
+
     def stop(self) -> None:
         """Cancel renders not yet started and delete every result file.
 

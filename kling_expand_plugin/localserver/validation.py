@@ -220,12 +220,13 @@ def fetch_image_url(
     except (ValueError, OSError):  # a bad port
         raise invalid_parameter("image URL is not a valid http(s) URL") from None
     expired = threading.Event()
+    sockets: list[socket.socket] = []  # the connection lets go of its socket for a closing body
 
     def expire() -> None:
         expired.set()
-        if connection.sock is not None:
+        for sock in sockets:
             with contextlib.suppress(OSError):
-                connection.sock.shutdown(socket.SHUT_RDWR)
+                sock.shutdown(socket.SHUT_RDWR)
 
     watchdog = threading.Timer(timeout, expire)
     watchdog.daemon = True
@@ -233,6 +234,7 @@ def fetch_image_url(
     too_slow = invalid_parameter(f"image URL could not be downloaded within {timeout:g} s")
     try:
         connection.connect()
+        sockets.append(connection.sock)
         if expired.is_set():
             raise too_slow
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
