@@ -290,15 +290,16 @@ class TaskStore:
             }
 
     def _render(self, task: Task, request: CreateRequest) -> None:
-        canvas = canvas_for(request.image.width, request.image.height, request.ratios)
+        canvas = canvas_for(request.width, request.height, request.ratios)
         images: dict[str, Path] = {}
         folder: Path | None = None
         failed = False
         try:
             folder = self._task_folder(task)
+            image = request.image()
             for index in range(task.n):
                 seed = _image_seed(self._seed, task.task_id, index)
-                result = fill(request.image, canvas, seed=seed, method=self._fill_method)
+                result = fill(image, canvas, seed=seed, method=self._fill_method)
                 images[f"{index}.png"] = _save_png(result, folder / f"{index}.png")
                 if task.watermark:
                     name = f"{index}_wm.png"

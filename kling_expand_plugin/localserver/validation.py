@@ -45,15 +45,24 @@ Fetcher = Callable[[str], bytes]
 
 @dataclass(frozen=True)
 class CreateRequest:
-    """A create body that passed every rule."""
+    """A create body that passed every rule.
 
-    image: Image.Image
+    The image is kept as its file (at most 10 MB), not as pixels (a 48 MP photo is 144 MB of
+    them), so a task waiting for its render holds little memory; `image()` decodes it again.
+    """
+
+    image_file: bytes
+    width: int
+    height: int
     ratios: Ratios
     prompt: str
     n: int
     watermark: bool
     callback_url: str | None
     external_task_id: str
+
+    def image(self) -> Image.Image:
+        return decode_image(self.image_file)
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
@@ -81,8 +90,11 @@ def validate_create(payload: dict[str, Any], fetch: Fetcher) -> CreateRequest:
     if callback_url is not None and not _is_http_url(callback_url):
         raise invalid_parameter("callback_url must be an http(s) URL")
     external_task_id = _optional_str(payload, "external_task_id")
-    image = _image(payload, fetch)
-    return CreateRequest(image, ratios, prompt, n, watermark, callback_url, external_task_id)
+    image_file = _image_file(payload, fetch)
+    width, height = decode_image(image_file).size
+    return CreateRequest(
+        image_file, width, height, ratios, prompt, n, watermark, callback_url, external_task_id
+    )
 
 
 def _is_number(value: object) -> bool:
@@ -142,7 +154,7 @@ def _is_http_url(text: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
-def _image(payload: dict[str, Any], fetch: Fetcher) -> Image.Image:
+def _image_file(payload: dict[str, Any], fetch: Fetcher) -> bytes:
     value = payload.get("image")
     if value is None or value == "":
         raise invalid_parameter("image is required")
@@ -151,12 +163,10 @@ def _image(payload: dict[str, Any], fetch: Fetcher) -> Image.Image:
     if value.startswith("data:"):
         raise invalid_parameter("image must be raw base64 without a data:...;base64, prefix")
     if _is_http_url(value):
-        data = fetch(value)
-    elif "://" in value:
+        return fetch(value)
+    if "://" in value:
         raise invalid_parameter("image URL must be http or https")
-    else:
-        data = _decode_base64(value)
-    return decode_image(data)
+    return _decode_base64(value)
 
 
 def _decode_base64(text: str) -> bytes:
