@@ -81,12 +81,12 @@ def test_results_are_files_streamed_expired_and_deleted_on_stop(make_api):
 
 def test_thirty_results_are_on_disk_not_in_memory(make_api):
     api = make_api(concurrency=100, latency=0.0)
-    ids = [_create(api, n=2)["task_id"] for _ in range(30)]
+    ids = [_create(api, n=3)["task_id"] for _ in range(10)]
     for task_id in ids:
         api.wait_final(task_id)
     store = api.server.store
     held = [value for task in store._tasks.values() for value in task.images.values()]
-    assert len(held) == 60 and not any(isinstance(value, bytes) for value in held)
+    assert len(held) == 30 and not any(isinstance(value, bytes) for value in held)
     assert api.server.stats()["result_bytes_on_disk"] > 0
 
 
