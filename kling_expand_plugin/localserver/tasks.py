@@ -154,8 +154,6 @@ class TaskStore:
         self._callbacks = callbacks
         self._scheduler = scheduler
         self._accept_reused_ids = accept_reused_ids
-        self._folder: Path | None = None  # made at the first render, deleted by stop()
-        self._stopped = False
         self._random = random.Random(f"{seed}:tasks")
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kling-local-fill")
         self._lock = threading.RLock()
@@ -165,6 +163,8 @@ class TaskStore:
         self._creates_by_external: Counter[str] = Counter()
         self._slots_in_use = 0
         self._max_slots_in_use = 0
+        self._folder: Path | None = None  # made at the first render, deleted by stop()
+        self._stopped = False
 
     @property
     def folder(self) -> Path | None:
