@@ -11,9 +11,8 @@ Routes:
 
 Resources are bounded: at most `max_connections` connections are served at once (each on its
 own thread; one more waits up to `connection_wait` seconds for a free one, then is answered
-5001, HTTP 503, and closed), request bodies held in memory
-total at most `max_buffered_bytes`, auth and Content-Length are checked before a body is read,
-and results are streamed from files.
+5001, HTTP 503, and closed); request bodies held in memory total at most `max_buffered_bytes`;
+auth and Content-Length are checked before a body is read; results are streamed from files.
 """
 
 from __future__ import annotations
