@@ -48,6 +48,7 @@ from .geometry import canvas_for
 from .localserver import LocalServer
 from .localserver.faults import FAULTS
 from .localserver.fill import METHODS
+from .localserver.server import MAX_CONNECTIONS, QUERY_SHAPES
 from .models import Task
 from .plan import ANCHORS, ASPECT_POLICIES, MAX_AREA, PlanError, parse_aspect, ratios_for_aspect
 from .prepare import ANIMATED_POLICIES, FitError, prepare
@@ -1043,6 +1044,20 @@ def _add_serve(
         help="a reused external_task_id makes a new paid task instead of error 1201 (for tests)",
     )
     serve.add_argument(
+        "--query-shape",
+        choices=QUERY_SHAPES,
+        default="object",
+        help="data of the single-task query: the task object, as clients read it (default), or "
+        "a list of one task, as the documentation's example shows",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=_connections,
+        default=MAX_CONNECTIONS,
+        help=f"connections served at once, one thread each; more get 5001 (default "
+        f"{MAX_CONNECTIONS})",
+    )
+    serve.add_argument(
         "--webhook-secret",
         default=os.environ.get("KLING_WEBHOOK_SECRET"),
         help="sign callbacks with this whsec_ secret (also KLING_WEBHOOK_SECRET)",
@@ -1072,6 +1087,8 @@ def serve_command(args: argparse.Namespace) -> int:
         rate_limit=args.rate_limit,
         slow_create_delay=args.slow_create_delay,
         accept_reused_ids=args.accept_reused_ids,
+        query_shape=args.query_shape,
+        max_connections=args.max_connections,
     )
     stop = threading.Event()
 
@@ -1133,6 +1150,12 @@ def _latency(text: str) -> float | Callable[[random.Random], float]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"latency {text!r} is not S or MIN-MAX seconds") from None
     return lambda rng: rng.uniform(low_value, high_value)
+
+
+def _connections(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of connections >= 1")
+    return int(text)
 
 
 def _non_negative(value: float) -> float:
