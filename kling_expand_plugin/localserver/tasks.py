@@ -265,7 +265,10 @@ class TaskStore:
             if task is None or task.expired or task.status != "succeed":
                 return None
             path = task.images.get(name)
+        try:
             return None if path is None else path.open("rb")
+        except FileNotFoundError:  # the server is stopping and its folder is gone
+            return None
 
     def result_bytes(self) -> int:
         """Bytes of result files on disk now."""
