@@ -62,6 +62,7 @@ LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 MAX_CLOCK_SKEW = 5.0
 """Seconds our clock may run ahead of the server's before its tokens are refused (`nbf`)."""
 CLI_RETRY = RetryPolicy(attempts=3, base_delay=0.5, deadline=30.0)
+log = logging.getLogger(__name__)
 
 EXIT_CODES = """exit codes:
   0    everything went through (every check passed, for doctor)
@@ -339,7 +340,11 @@ def plan_command(args: argparse.Namespace) -> int:
         try:
             plans.append(_plan_of(item, stage))
         except FitError as exc:
-            plans.append({"key": item.key, "error": str(exc)})
+            plans.append(_refused(item.key, exc.problem, exc.rule))
+        except Exception as exc:  # a bug, not the input's fault: still one line, no traceback
+            log.debug("planning %s", item.key, exc_info=True)
+            problem = f"could not be planned ({type(exc).__name__})"
+            plans.append(_refused(item.key, problem, "none: a bug in kling-expand; -vv shows it"))
     if args.json:
         _print_json(plans)
     else:
@@ -373,9 +378,19 @@ def _plan_of(item: Item, stage: OutpaintStage) -> dict[str, Any]:
     }
 
 
+def _refused(key: str, problem: str, rule: str) -> dict[str, Any]:
+    """An input `plan` cannot use: the whole error, and its parts for scripts."""
+    return {
+        "key": key,
+        "error": f"item {key!r}: {problem} (rule: {rule})",
+        "problem": problem,
+        "rule": rule,
+    }
+
+
 def _plan_lines(plan: dict[str, Any]) -> list[str]:
     if "error" in plan:
-        return [f"{plan['key']}: cannot be expanded: {plan['error']}"]
+        return [f"{plan['key']}: cannot be expanded: {plan['problem']} (rule: {plan['rule']})"]
     upload = plan["upload"]
     lines = [
         f"{plan['key']}: {plan['original'][0]} x {plan['original'][1]}",
