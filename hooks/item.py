@@ -153,3 +153,17 @@ def fetch(url: str, *, deadline: float | None = None, max_bytes: int | None = No
         if isinstance(error, requests.ConnectionError):
             raise FetchError(f"{shown}: the connection failed or was refused") from None
         raise FetchError(f"{shown}: could not be fetched ({type(error).__name__})") from None
+
+
+def _redact_request_lines(record: logging.LogRecord) -> bool:
+    """A logging filter for urllib3's request lines ("GET /a.png?X-Amz-Signature=..."): the
+    URLs in them redacted, whatever level the log is read at."""
+    if isinstance(record.args, tuple):
+        record.args = tuple(
+            redact_url(arg) if isinstance(arg, str) and "?" in arg else arg for arg in record.args
+        )
+    return True
+
+
+for _name in ("urllib3.connectionpool", "urllib3.util.retry"):
+    logging.getLogger(_name).addFilter(_redact_request_lines)

@@ -50,6 +50,8 @@ PIXELS_PER_BYTE = 20_000
 best-compressing codecs reach on real pictures (PNG's deflate tops out near 1,032:1, so about
 8,000 one-bit pixels a byte; a blank fax page in CCITT G4, some 14,000)."""
 FREE_PIXELS = 1_000_000
+MIN_LEVELS = 8
+"""High-depth pixels whose values would span fewer 8-bit levels than this are stretched."""
 COMPLETE = "a complete image file"
 DECODABLE = "an input must be an image Pillow can decode"
 UNIFORM = "an input must be a picture, not one flat colour"
@@ -392,25 +394,22 @@ def _scaled_to_8bit(
 ) -> tuple[np.ndarray, str]:
     """High-depth or float samples as 8-bit, scaled by what the file declares (its significant
     bits), else by the convention its values follow: 0..1 floats, 8-bit values in a deeper
-    container, the smallest whole bit depth that holds them; else their own range.
-    A picture that would come out one flat colour is refused."""
+    container, the smallest whole bit depth that holds them; else, or where that would leave
+    fewer than MIN_LEVELS grey levels (near black), stretched from their own range.
+    A picture of one flat colour is refused: there is nothing to expand."""
     finite = np.isfinite(values)
     if not finite.any():
         raise FitError(key, f"its {mode} pixels hold no finite value", UNIFORM)
     if not finite.all():
-        values = np.where(finite, values, np.nan_to_num(values, nan=0.0))
-        values = np.clip(values, values[finite].min(), values[finite].max())
+        values = np.clip(np.nan_to_num(values), values[finite].min(), values[finite].max())
     low, high = float(values.min()), float(values.max())
     if low == high:
         raise FitError(
             key, f"its {mode} pixels are all {low:g}: the picture is one flat colour", UNIFORM
         )
+    floor, top, how = low, high, f"stretched from its range {low:.4g}..{high:.4g}"
     if peak is not None and low >= 0 and high <= peak:
-        floor, top, how = (
-            0.0,
-            float(peak),
-            f"{peak.bit_length()} significant bits, as the file says",
-        )
+        floor, top, how = 0.0, float(peak), f"{peak.bit_length()} significant bits, as declared"
     elif mode == "F" and low >= 0 and high <= 1:
         floor, top, how = 0.0, 1.0, "floats from 0 to 1"
     elif low >= 0 and high <= 255:
@@ -418,13 +417,9 @@ def _scaled_to_8bit(
     elif mode != "F" and low >= 0 and high < 2**16:
         bits = next(bits for bits in (10, 12, 14, 16) if high < 2**bits)
         floor, top, how = 0.0, float(2**bits - 1), f"its values fit {bits} bits"
-    else:
+    if (high - low) / (top - floor) * 255 < MIN_LEVELS:
         floor, top, how = low, high, f"stretched from its range {low:.4g}..{high:.4g}"
     eight = np.clip((values - floor) / (top - floor) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    if eight.min() == eight.max():
-        raise FitError(
-            key, f"in 8-bit ({how}) the picture would be one flat colour, {eight.min()}", UNIFORM
-        )
     return eight, how
 
 

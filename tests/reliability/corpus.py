@@ -170,6 +170,15 @@ def grey_alpha_with_grey_profile() -> bytes:
     return encode(Image.merge("LA", (grey, alpha)), "PNG", icc_profile=grey_icc())
 
 
+def g4_with_a_bad_tag_value() -> bytes:
+    """A fine bilevel G4 TIFF but for a ResolutionUnit of 7: libtiff complains, then reads it."""
+    bits = Image.fromarray(np.uint8(picture() * 255)).convert("1")
+    data = encode(bits, "TIFF", compression="group4", dpi=(300, 300))
+    entry = struct.pack("<HHI", 296, 3, 1)
+    at = data.index(entry) + len(entry)
+    return data[:at] + struct.pack("<H", 7) + data[at + 2 :]
+
+
 def truncated_jpeg() -> bytes:
     return encode(Image.fromarray(np.uint8(picture() * 255)).convert("RGB"), "JPEG")[:900]
 
@@ -200,6 +209,7 @@ CORPUS: dict[str, tuple[Callable[[], bytes], str]] = {
     "truncated.jpg": (truncated_jpeg, "corrupt or truncated"),
     "bit-flipped.png": (bit_flipped_png, "corrupt or truncated"),
     "bilevel-g4-grey-profile.tif": (bilevel_g4_with_grey_profile, PLANNED),
+    "g4-bad-tag-value.tif": (g4_with_a_bad_tag_value, PLANNED),
     "grey-alpha-grey-profile.png": (grey_alpha_with_grey_profile, PLANNED),
     "twelve-in-sixteen.tif": (lambda: sixteen_bit(RAMP * 4095, "TIFF"), PLANNED),
     "twelve-in-sixteen-sbit.png": (lambda: png_with_sbit(RAMP * 4095, 12), PLANNED),
