@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,9 +130,10 @@ def fetch(url: str, *, deadline: float | None = None, max_bytes: int | None = No
                 raise FetchError(f"{shown}: {declared} bytes, more than {max_bytes} (the limit)")
             chunks, size = [], 0
             while True:
-                connection = response.raw.connection
-                if connection is not None and connection.sock is not None:
-                    connection.sock.settimeout(remaining())
+                left = remaining()
+                sock = _socket_of(response.raw)
+                if sock is not None:  # so that no wait for the next bytes outlasts the deadline
+                    sock.settimeout(left)
                 chunk = response.raw.read1(1 << 16)
                 if not chunk:
                     break
@@ -153,6 +155,17 @@ def fetch(url: str, *, deadline: float | None = None, max_bytes: int | None = No
         if isinstance(error, requests.ConnectionError):
             raise FetchError(f"{shown}: the connection failed or was refused") from None
         raise FetchError(f"{shown}: could not be fetched ({type(error).__name__})") from None
+
+
+def _socket_of(raw: Any) -> socket.socket | None:
+    """The socket under a urllib3 response: its connection's, or, for a body that ends when
+    the connection closes (urllib3 has let go of the connection), the one its reader holds."""
+    connection = raw.connection
+    if connection is not None and connection.sock is not None:
+        return connection.sock
+    reader = getattr(getattr(raw, "_fp", None), "fp", None)
+    sock = getattr(getattr(reader, "raw", None), "_sock", None)
+    return sock if isinstance(sock, socket.socket) else None
 
 
 def _redact_request_lines(record: logging.LogRecord) -> bool:

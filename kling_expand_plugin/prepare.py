@@ -30,8 +30,8 @@ from PIL import (
     UnidentifiedImageError,
 )
 
+import hooks.item
 from hooks import FetchError, Item
-from hooks.item import MAX_URL_BYTES, URL_DEADLINE
 
 from . import limits
 from .geometry import Box, Canvas
@@ -197,8 +197,8 @@ def _read(item: Item) -> bytes:
         raise FitError(
             item.key,
             f"could not be fetched: {error}",
-            f"a URL input is fetched once, within {URL_DEADLINE:g} s and "
-            f"{MAX_URL_BYTES // 2**20} MiB",
+            f"a URL input is fetched once, within {hooks.item.URL_DEADLINE:g} s and "
+            f"{hooks.item.MAX_URL_BYTES / 2**20:g} MiB",
         ) from None
     except OSError as error:
         reason = error.strerror or type(error).__name__

@@ -218,6 +218,10 @@ CORPUS: dict[str, tuple[Callable[[], bytes], str]] = {
     "float-unit.tif": (lambda: floats(RAMP), PLANNED),
     "float-1-255.tif": (lambda: floats(1 + RAMP * 254), PLANNED),
     "float-minus-pi-pi.tif": (lambda: floats((RAMP * 2 - 1) * math.pi), PLANNED),
+    "float-nan-and-inf.tif": (
+        lambda: floats(np.where(RAMP > 0.9, np.nan, np.where(RAMP < 0.25, -np.inf, RAMP))),
+        PLANNED,
+    ),
     "float-uniform.tif": (lambda: floats(np.full((300, 400), 0.5)), "one flat colour"),
     "sixteen-bit-uniform.png": (
         lambda: sixteen_bit(np.full((300, 400), 1000), "PNG"),
