@@ -293,6 +293,8 @@ def _to_decoded(
     key: str, image: Image.Image, data: bytes, format: str | None, changes: list[str]
 ) -> Decoded:
     icc = image.info.get("icc_profile") or None
+    if _is_deep_colour(image, data):
+        _check_deep_colour(key, image)
     orientation = image.getexif().get(0x0112)
     if orientation not in (None, 1):
         image = ImageOps.exif_transpose(image)
@@ -421,6 +423,31 @@ def _scaled_to_8bit(
         floor, top, how = low, high, f"stretched from its range {low:.4g}..{high:.4g}"
     eight = np.clip((values - floor) / (top - floor) * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return eight, how
+
+
+def _is_deep_colour(image: Image.Image, data: bytes) -> bool:
+    """Whether the file holds 16-bit colour, which Pillow reads as its high 8 bits."""
+    if image.mode not in ("RGB", "RGBA"):
+        return False
+    if data.startswith(b"\x89PNG") and len(data) > 25:
+        return data[24] == 16
+    bits = getattr(image, "tag_v2", {}).get(258)
+    return isinstance(bits, tuple) and 16 in bits
+
+
+def _check_deep_colour(key: str, image: Image.Image) -> None:
+    """Refuse 16-bit colour whose values use so few of their bits that the high 8 bits Pillow
+    keeps are black (12-bit data in 16-bit samples) or one flat colour."""
+    colour = np.asarray(image)[..., :3]
+    low, high = int(colour.min()), int(colour.max())
+    if high < 2 * MIN_LEVELS:
+        problem = (
+            "its 16-bit colour values use no more than 12 of their 16 bits, and Pillow reads "
+            "only the top 8: it would come out "
+            + ("one flat colour" if low == high else "near black")
+            + " (save it as 8-bit, scaled to its own range)"
+        )
+        raise FitError(key, problem, "16-bit colour must use its range")
 
 
 def _declared_peak(image: Image.Image, data: bytes) -> int | None:

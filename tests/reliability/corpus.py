@@ -159,6 +159,14 @@ def png_with_sbit(values: np.ndarray, bits: int) -> bytes:
     return data[:33] + chunk(b"sBIT", bytes([bits])) + data[33:]
 
 
+def deep_colour_png(values: np.ndarray) -> bytes:
+    """A 16-bit RGB PNG (Pillow does not write them) of `values` in each channel."""
+    rgb = np.stack([values, values / 2, values], axis=-1).astype(">u2")
+    rows = b"".join(b"\0" + row.tobytes() for row in rgb)
+    height, width = values.shape
+    return png(width, height, chunk(b"IDAT", zlib.compress(rows)), depth=16, colour=2)
+
+
 def bilevel_g4_with_grey_profile() -> bytes:
     bits = Image.fromarray(np.uint8(picture() * 255)).convert("1")
     return encode(bits, "TIFF", compression="group4", icc_profile=grey_icc())
@@ -222,6 +230,9 @@ CORPUS: dict[str, tuple[Callable[[], bytes], str]] = {
         lambda: floats(np.where(RAMP > 0.9, np.nan, np.where(RAMP < 0.25, -np.inf, RAMP))),
         PLANNED,
     ),
+    "deep-colour-full.png": (lambda: deep_colour_png(RAMP * 65535), PLANNED),
+    "deep-colour-twelve-bits.png": (lambda: deep_colour_png(RAMP * 4095), "near black"),
+    "deep-colour-eight-bits.png": (lambda: deep_colour_png(RAMP * 255), "one flat colour"),
     "float-uniform.tif": (lambda: floats(np.full((300, 400), 0.5)), "one flat colour"),
     "sixteen-bit-uniform.png": (
         lambda: sixteen_bit(np.full((300, 400), 1000), "PNG"),
