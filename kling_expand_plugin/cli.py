@@ -23,7 +23,6 @@ from types import FrameType
 from typing import Any
 
 import requests
-from PIL import Image, ImageOps
 
 from hooks import ConfigError, Item
 from hooks.stages.load import load
@@ -50,7 +49,7 @@ from .localserver.faults import FAULTS
 from .localserver.fill import METHODS
 from .models import Task
 from .plan import ANCHORS, ASPECT_POLICIES, MAX_AREA, PlanError, parse_aspect, ratios_for_aspect
-from .prepare import ANIMATED_POLICIES, FitError, prepare
+from .prepare import ANIMATED_POLICIES, FitError, decode, prepare
 from .progress import Progress
 from .report import ContactSheet, format_ratios
 from .stage import OutpaintStage
@@ -495,8 +494,9 @@ def _write_result(out: Path, item: Item) -> Path | None:
     if "skipped" in item.metadata.get("outpaint", {}):  # already the target shape: a copy
         stem = PurePosixPath(key).with_suffix("").as_posix()
         key = f"{stem}-0.png"
+        decoded = decode(item)  # upright, 8-bit (PNG holds no float or 16-bit colour)
         buffer = io.BytesIO()
-        ImageOps.exif_transpose(Image.open(io.BytesIO(data))).save(buffer, "PNG")
+        decoded.original.save(buffer, "PNG", icc_profile=decoded.icc_profile)
         data = buffer.getvalue()
     path = out / key
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import base64
 import ctypes
-import functools
 import io
 import logging
 import math
 import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -259,7 +259,7 @@ def _missing_decoder(format: str | None) -> tuple[str, str] | None:
     """Why a file of `format` cannot be decoded here at all, whatever its content; or None."""
     if format == "EPS" and not EpsImagePlugin.has_ghostscript():
         return "an EPS file: reading it needs Ghostscript (gs), which is not installed", DECODABLE
-    if format in _stub_formats():
+    if format is not None and _stub_without_handler(format):
         return f"a file in {format} format, which Pillow cannot decode here", DECODABLE
     return None
 
@@ -278,15 +278,13 @@ def _looks_like(data: bytes) -> str | None:
     return None
 
 
-@functools.cache
-def _stub_formats() -> frozenset[str]:
-    """Formats Pillow recognises but decodes only with a handler nobody installed."""
-    Image.init()
-    return frozenset(
-        format
-        for format, (factory, _) in Image.OPEN.items()
-        if isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile)
-    )
+def _stub_without_handler(format: str) -> bool:
+    """Whether Pillow only recognises `format` (WMF, GRIB, HDF5, BUFR) and decodes it with a
+    handler nobody installed (Windows has one for WMF; the others are the user's to register)."""
+    factory = Image.OPEN.get(format, (None, None))[0]
+    if not (isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile)):
+        return False
+    return getattr(sys.modules.get(factory.__module__), "_handler", None) is None
 
 
 def _to_decoded(
