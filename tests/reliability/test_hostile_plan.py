@@ -10,7 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from tests.cli.conftest import noisy_image
 
@@ -104,3 +106,23 @@ def test_a_file_libtiff_complains_about_but_reads_plans_cleanly(corpus, tmp_path
     process, _ = plan(corpus / "g4-bad-tag-value.tif", tmp_path)
     assert process.returncode == 0, process.stdout
     assert process.stderr == ""
+
+
+@pytest.mark.timeout(120)
+def test_expand_copies_a_deep_input_of_the_target_shape_as_a_normal_picture(corpus, tmp_path):
+    """Already 4:3, so copied as PNG without a task: from the 8-bit picture, not the raw file
+    (PNG holds no float pixels, and 12-bit data read as 16-bit would be black)."""
+    names = ["float-unit.tif", "twelve-in-sixteen.tif", "bilevel-g4-grey-profile.tif"]
+    out = tmp_path / "out"
+    process = subprocess.run(
+        [
+            sys.executable, "-m", "kling_expand_plugin.cli", "expand",
+            *(str(corpus / name) for name in names), "--aspect", "4:3", "--out", str(out),
+        ],
+        capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+    assert process.returncode == 0 and process.stderr == "", process.stderr
+    for name in names:
+        with Image.open(out / f"{Path(name).stem}-0.png") as copy:
+            grey = np.asarray(copy.convert("L"), dtype=np.float64) / 255
+        assert copy.size == (400, 300) and 0.3 < grey.mean() < 0.7
