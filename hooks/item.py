@@ -94,7 +94,13 @@ class Item:
 def redact_url(url: str) -> str:
     """`url` fit for logs and messages: each query value and the user info replaced by "..."
     (a pre-signed URL's signature is a credential), the fragment dropped."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # "http://[::1": not parsed, but still shown without its secrets
+        head = url.split("?", 1)[0].split("#", 1)[0]
+        if "@" in head:
+            head = head.split("://", 1)[0] + "://...@" + head.rsplit("@", 1)[1]
+        return head + ("?..." if "?" in url else "")
     netloc = parts.netloc
     if "@" in netloc:
         netloc = "...@" + netloc.rpartition("@")[2]
@@ -152,9 +158,14 @@ def fetch(url: str, *, deadline: float | None = None, max_bytes: int | None = No
         timeouts = (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)
         if isinstance(error, timeouts) or time.monotonic() - started >= deadline:
             raise too_slow from None
-        if isinstance(error, requests.ConnectionError):
-            raise FetchError(f"{shown}: the connection failed or was refused") from None
-        raise FetchError(f"{shown}: could not be fetched ({type(error).__name__})") from None
+        if isinstance(error, requests.TooManyRedirects):
+            raise FetchError(f"{shown}: too many redirects") from None
+        if isinstance(error, requests.exceptions.InvalidURL | requests.exceptions.InvalidSchema):
+            raise FetchError(f"{shown}: not a URL that can be fetched") from None
+        broken = (requests.RequestException, urllib3.exceptions.HTTPError, OSError)
+        if isinstance(error, broken):
+            raise FetchError(f"{shown}: the connection failed, or broke off") from None
+        raise FetchError(f"{shown}: could not be fetched") from None
 
 
 def _socket_of(raw: Any) -> socket.socket | None:

@@ -10,6 +10,7 @@ import contextlib
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -192,6 +193,7 @@ def test_a_signed_url_is_redacted_in_keys_reprs_and_errors(server):
     url = server + "/photo.png" + SIGNED
     assert redact_url(url) == (server + "/photo.png?X-Amz-Credential=...&X-Amz-Signature=...")
     assert redact_url("https://user:pw@host/a.png?token") == "https://...@host/a.png?token=..."
+    assert redact_url("http://user:pw@[::1/a.png?sig=2") == "http://...@[::1/a.png?..."
     [item] = list(load(paths=[url])([]))
     assert SECRET not in item.key and SECRET not in repr(item) and "AKIA" not in repr(item)
     assert item.image == url  # the real URL is still what is fetched
@@ -221,3 +223,14 @@ def test_expand_fetches_each_url_input_once_and_never_shows_its_query(server, tm
     shown = process.stdout + process.stderr + (out / "report.html").read_text()
     assert SECRET not in shown and "AKIA" not in shown
     assert Path(out / "photo-0.png").exists()
+
+
+def test_a_refused_connection_is_said_in_words_without_the_query():
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(FetchError) as refused:
+        Item("a", f"http://127.0.0.1:{port}/a.png{SIGNED}").read_bytes()
+    text = str(refused.value)
+    assert text.endswith("the connection failed, or broke off")
+    assert SECRET not in text and "Error" not in text and "Pool" not in text
