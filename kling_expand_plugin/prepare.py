@@ -55,6 +55,15 @@ MIN_LEVELS = 8
 COMPLETE = "a complete image file"
 DECODABLE = "an input must be an image Pillow can decode"
 UNIFORM = "an input must be a picture, not one flat colour"
+UNREADABLE = {
+    b"%PDF-": "PDF",
+    b"<svg": "SVG",
+    b"ftypheic": "HEIC",
+    b"ftypheix": "HEIC",
+    b"ftypmif1": "HEIF",
+    b"ftypmsf1": "HEIF",
+}
+"""Signatures (in a file's first 256 bytes) of common formats Pillow itself cannot read."""
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +247,8 @@ def _refusal(error: Exception, format: str | None) -> tuple[str, str]:
         )
     if isinstance(error, UnidentifiedImageError) and format is None:
         return "not an image Pillow can read", "an input must be an image"
+    if isinstance(error, UnidentifiedImageError) and format in UNREADABLE.values():
+        return f"a file in {format} format, which Pillow cannot read", DECODABLE
     if isinstance(error, UnidentifiedImageError):
         return f"looks like a {format} file, but its header is damaged or incomplete", COMPLETE
     missing = _missing_decoder(format)
@@ -266,6 +277,9 @@ def _missing_decoder(format: str | None) -> tuple[str, str] | None:
 
 def _looks_like(data: bytes) -> str | None:
     """The format whose signature the file starts with, when Pillow could not open it."""
+    for signature, format in UNREADABLE.items():
+        if signature in data[:256]:
+            return format
     Image.init()
     prefix = data[:16]
     for format in Image.ID:

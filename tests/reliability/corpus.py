@@ -207,6 +207,18 @@ CORPUS: dict[str, tuple[Callable[[], bytes], str]] = {
     "unimplemented-dx10.dds": (lambda: dds(b"DX10", 2), "DDS variant Pillow cannot decode"),
     "no-ghostscript.eps": (eps, "needs Ghostscript"),
     "drawing.wmf": (wmf, "WMF format, which Pillow cannot decode"),
+    "document.pdf": (
+        lambda: encode(Image.new("RGB", (400, 300), "red"), "PDF"),
+        "PDF format, which Pillow cannot read",
+    ),
+    "drawing.svg": (
+        lambda: b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg"/>\n',
+        "SVG format, which Pillow cannot read",
+    ),
+    "photo.heic": (
+        lambda: b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + bytes(100),
+        "HEIC format, which Pillow cannot read",
+    ),
     "stub.grib": (lambda: b"GRIB\0\0\0\x01" + bytes(64), "GRIB format, which Pillow cannot decode"),
     "stub.h5": (
         lambda: b"\x89HDF\r\n\x1a\n" + bytes(64),
