@@ -167,6 +167,29 @@ def deep_colour_png(values: np.ndarray) -> bytes:
     return png(width, height, chunk(b"IDAT", zlib.compress(rows)), depth=16, colour=2)
 
 
+def deep_colour_tiff(values: np.ndarray) -> bytes:
+    """An uncompressed 16-bit RGB TIFF (Pillow does not write them) of `values`."""
+    height, width = values.shape
+    pixels = np.stack([values, values / 2, values], axis=-1).astype("<u2").tobytes()
+    bits_at = 8 + 2 + 9 * 12 + 4  # after the header and the IFD
+    entries = [
+        (256, 4, 1, width),
+        (257, 4, 1, height),
+        (258, 3, 3, bits_at),  # BitsPerSample: 16, 16, 16, stored after the IFD
+        (259, 3, 1, 1),
+        (262, 3, 1, 2),  # RGB
+        (273, 4, 1, bits_at + 6),
+        (277, 3, 1, 3),
+        (278, 4, 1, height),
+        (279, 4, 1, len(pixels)),
+    ]
+    ifd = struct.pack("<H", len(entries))
+    for tag, kind, count, value in entries:
+        ifd += struct.pack("<HHII", tag, kind, count, value)
+    ifd += struct.pack("<I", 0)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<3H", 16, 16, 16) + pixels
+
+
 def bilevel_g4_with_grey_profile() -> bytes:
     bits = Image.fromarray(np.uint8(picture() * 255)).convert("1")
     return encode(bits, "TIFF", compression="group4", icc_profile=grey_icc())
@@ -244,6 +267,8 @@ CORPUS: dict[str, tuple[Callable[[], bytes], str]] = {
     ),
     "deep-colour-full.png": (lambda: deep_colour_png(RAMP * 65535), PLANNED),
     "deep-colour-twelve-bits.png": (lambda: deep_colour_png(RAMP * 4095), "near black"),
+    "deep-colour-full.tif": (lambda: deep_colour_tiff(RAMP * 65535), PLANNED),
+    "deep-colour-twelve-bits.tif": (lambda: deep_colour_tiff(RAMP * 4095), "near black"),
     "deep-colour-eight-bits.png": (lambda: deep_colour_png(RAMP * 255), "one flat colour"),
     "float-uniform.tif": (lambda: floats(np.full((300, 400), 0.5)), "one flat colour"),
     "sixteen-bit-uniform.png": (
