@@ -251,12 +251,12 @@ def _refusal(error: Exception, format: str | None) -> tuple[str, str]:
     if isinstance(error, UnidentifiedImageError) and format in UNREADABLE.values():
         return f"a file in {format} format, which Pillow cannot read", DECODABLE
     if isinstance(error, UnidentifiedImageError):
-        return f"looks like a {format} file, but its header is damaged or incomplete", COMPLETE
+        return f"it starts as {format} files do, but its header is damaged or incomplete", COMPLETE
     missing = _missing_decoder(format)
     if missing is not None:
         return missing
     if isinstance(error, NotImplementedError):
-        return f"a {format or 'file'} variant Pillow cannot decode", DECODABLE
+        return f"a variant of {format or 'its format'} that Pillow cannot decode", DECODABLE
     if isinstance(error, MemoryError):
         return "too large to decode in the memory available", "max_pixels"
     if isinstance(error, ValueError) and "MAX_TEXT_CHUNK" in str(error):

@@ -226,8 +226,14 @@ RAMP = picture()
 CORPUS: dict[str, tuple[Callable[[], bytes], str]] = {
     # kind: (the file, PLANNED or a phrase its refusal must hold)
     "missing-dimensions.tif": (tiff_without_dimensions, "TIFF file is corrupt"),
-    "unimplemented-fourcc.dds": (lambda: dds(b"UYVY"), "DDS variant Pillow cannot decode"),
-    "unimplemented-dx10.dds": (lambda: dds(b"DX10", 2), "DDS variant Pillow cannot decode"),
+    "unimplemented-fourcc.dds": (
+        lambda: dds(b"UYVY"),
+        "a variant of DDS that Pillow cannot decode",
+    ),
+    "unimplemented-dx10.dds": (
+        lambda: dds(b"DX10", 2),
+        "a variant of DDS that Pillow cannot decode",
+    ),
     "no-ghostscript.eps": (eps, "needs Ghostscript"),
     "drawing.wmf": (wmf, "WMF format, which Pillow cannot decode"),
     "document.pdf": (
