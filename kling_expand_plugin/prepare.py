@@ -2,9 +2,10 @@
 
 `decode` reads any image Pillow can, safely, into 8-bit RGB or RGBA with its orientation
 applied, in one guarded step: whatever the file, it is decoded or refused with a FitError that
-says why in words, and codec chatter goes to the debug log, not stderr; `prepare` scales it so both sides reach 300 px (and, optionally, under a pixel cap),
-plans the expansion, crops or pads it as the plan says, and encodes it within 10 MB. Every
-change is recorded, so the result can be mapped back onto the original.
+says why in words, and codec chatter goes to the debug log, not stderr. `prepare` scales it so
+both sides reach 300 px (and, optionally, under a pixel cap), plans the expansion, crops or pads
+it as the plan says, and encodes it within 10 MB. Every change is recorded, so the result can be
+mapped back onto the original.
 """
 
 from __future__ import annotations
