@@ -126,3 +126,24 @@ def test_expand_copies_a_deep_input_of_the_target_shape_as_a_normal_picture(corp
         with Image.open(out / f"{Path(name).stem}-0.png") as copy:
             grey = np.asarray(copy.convert("L"), dtype=np.float64) / 255
         assert copy.size == (400, 300) and 0.3 < grey.mean() < 0.7
+
+
+def test_a_bug_planning_one_input_is_reported_on_its_line_and_the_rest_are_planned(
+    corpus, monkeypatch, capsys
+):
+    from kling_expand_plugin import cli
+
+    plan_of = cli._plan_of
+
+    def failing(item, stage):
+        if item.key == "ordinary.png":
+            raise RuntimeError("an unforeseen failure")
+        return plan_of(item, stage)
+
+    monkeypatch.setattr(cli, "_plan_of", failing)
+    inputs = [str(corpus / "ordinary.png"), str(corpus / "float-unit.tif")]
+    code = cli.main(["plan", *inputs, "--aspect", "16:9", "--json"])
+    entries = {entry["key"]: entry for entry in json.loads(capsys.readouterr().out)}
+    assert code == 1 and entries["float-unit.tif"]["passes"]
+    assert entries["ordinary.png"]["problem"] == "could not be planned (RuntimeError)"
+    assert "a bug in kling-expand" in entries["ordinary.png"]["rule"]
