@@ -23,7 +23,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
-from PIL import Image, ImageOps
 
 from hooks import ConfigError, Item
 from hooks.stages.load import load
@@ -51,7 +50,7 @@ from .localserver.fill import METHODS
 from .localserver.server import MAX_CONNECTIONS, QUERY_SHAPES
 from .models import Task
 from .plan import ANCHORS, ASPECT_POLICIES, MAX_AREA, PlanError, parse_aspect, ratios_for_aspect
-from .prepare import ANIMATED_POLICIES, FitError, prepare
+from .prepare import ANIMATED_POLICIES, FitError, decode, prepare
 from .progress import Progress
 from .report import ContactSheet, format_ratios
 from .stage import OutpaintStage
@@ -65,6 +64,7 @@ LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 MAX_CLOCK_SKEW = 5.0
 """Seconds our clock may run ahead of the server's before its tokens are refused (`nbf`)."""
 CLI_RETRY = RetryPolicy(attempts=3, base_delay=0.5, deadline=30.0)
+log = logging.getLogger(__name__)
 
 EXIT_CODES = """exit codes:
   0    everything went through (every check passed, for doctor)
@@ -383,7 +383,11 @@ def plan_command(args: argparse.Namespace) -> int:
         try:
             plans.append(_plan_of(item, stage))
         except FitError as exc:
-            plans.append({"key": item.key, "error": str(exc)})
+            plans.append(_refused(item.key, exc.problem, exc.rule))
+        except Exception as exc:  # a bug, not the input's fault: still one line, no traceback
+            log.debug("planning %s", item.key, exc_info=True)
+            problem = f"could not be planned ({type(exc).__name__})"
+            plans.append(_refused(item.key, problem, "none: a bug in kling-expand; -vv shows it"))
     if args.json:
         _print_json(plans)
     else:
@@ -417,9 +421,19 @@ def _plan_of(item: Item, stage: OutpaintStage) -> dict[str, Any]:
     }
 
 
+def _refused(key: str, problem: str, rule: str) -> dict[str, Any]:
+    """An input `plan` cannot use: the whole error, and its parts for scripts."""
+    return {
+        "key": key,
+        "error": f"item {key!r}: {problem} (rule: {rule})",
+        "problem": problem,
+        "rule": rule,
+    }
+
+
 def _plan_lines(plan: dict[str, Any]) -> list[str]:
     if "error" in plan:
-        return [f"{plan['key']}: cannot be expanded: {plan['error']}"]
+        return [f"{plan['key']}: cannot be expanded: {plan['problem']} (rule: {plan['rule']})"]
     upload = plan["upload"]
     lines = [
         f"{plan['key']}: {plan['original'][0]} x {plan['original'][1]}",
@@ -526,8 +540,9 @@ def _write_result(out: Path, item: Item) -> Path | None:
     if "skipped" in item.metadata.get("outpaint", {}):  # already the target shape: a copy
         stem = PurePosixPath(key).with_suffix("").as_posix()
         key = f"{stem}-0.png"
+        decoded = decode(item)  # upright, 8-bit (PNG holds no float or 16-bit colour)
         buffer = io.BytesIO()
-        ImageOps.exif_transpose(Image.open(io.BytesIO(data))).save(buffer, "PNG")
+        decoded.original.save(buffer, "PNG", icc_profile=decoded.icc_profile)
         data = buffer.getvalue()
     path = out / key
     path.parent.mkdir(parents=True, exist_ok=True)

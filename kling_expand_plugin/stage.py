@@ -239,7 +239,7 @@ class OutpaintStage:
                         raise error
                     log.error("outpaint: %s", _describe(item, error))
                     if self.on_error == "passthrough":
-                        item.metadata["outpaint"] = {"error": str(error)}
+                        item.metadata["outpaint"] = {"error": _describe(item, error)}
                         yield item
             finally:
                 runner.cancel()  # left early (error, break, close): stop the workers too
@@ -520,7 +520,9 @@ def _png(image: Image.Image) -> bytes:
 
 
 def _describe(item: Item, error: BaseException) -> str:
-    return f"item {item.key!r}: {type(error).__name__}: {error}"
+    if isinstance(error, FitError):  # it names the item and the rule already
+        return str(error)
+    return f"item {item.key!r}: {error or type(error).__name__}"
 
 
 def _one_of(name: str, value: object, allowed: tuple[str, ...]) -> None:

@@ -216,3 +216,18 @@ def test_the_corpus_is_not_all_sent_unchanged():
         name for name in CORPUS if not prepare(Item(name, CORPUS[name]()), WIDE)[1].changes
     }
     assert unchanged == {"rgba.png", "grey.png"}  # opaque RGBA and 8-bit grey are valid as is
+
+
+@pytest.mark.parametrize(
+    "size, target, expected",
+    [
+        ((200, 32), Target(aspect=1.0, area="max"), "no 1 canvas holds 200 x 32 within"),
+        ((200, 80), Target(aspect=16 / 9, area=4.0), "growing 200 x 80 to 337 x 190 needs more"),
+        ((200, 80), Target(aspect=16 / 9, area=1.1), "of 1.1x the area of 200 x 80 would have"),
+    ],
+)
+def test_a_refusal_quotes_the_inputs_own_size_not_the_upscaled_one(size, target, expected):
+    """A strip of 200 px is upscaled to 750 px for the upload; the user never sees that."""
+    with pytest.raises(FitError) as refused:
+        prepare(Item("strip.png", encode(photo(size), "PNG")), target)
+    assert expected in str(refused.value) and "750" not in str(refused.value)

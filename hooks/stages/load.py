@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ..errors import OptionError
-from ..item import Item
+from ..item import Item, redact_url
 from ..markers import hookimpl
 from ..registry import Register, Stage
 
@@ -27,8 +27,8 @@ def load(*, paths: str | list[str], recursive: bool = True, hidden: bool = False
     Each of `paths` is a file, a folder (every file in it, sorted; subfolders too when
     `recursive`), a glob (`photos/*.jpg`, `**/*.png`) or an http(s) URL. Files are not opened
     here: deciding what is an image is the job of the stage that reads them. Keys are the
-    path relative to the folder or glob named, the file's name, or the URL; where two folders
-    give the same key, the second file's key is its path.
+    path relative to the folder or glob named, the file's name, or the URL with its query
+    redacted; where two folders give the same key, the second file's key is its path.
     """
     if isinstance(paths, str):
         paths = [paths]
@@ -50,8 +50,8 @@ def load(*, paths: str | list[str], recursive: bool = True, hidden: bool = False
                     log.warning("load: %s is named twice in paths; loading it once", source)
                     continue
                 sources.add(resolved)
-                if key in keys:  # two folders hold the same relative path
-                    key = source
+                if key in keys:  # two folders hold the same relative path, or two URLs differ
+                    key = f"{key}#{len(keys)}" if _is_url(source) else source  # in the query
                 keys.add(key)
                 yield Item(key=key, image=source if _is_url(source) else Path(source))
 
@@ -65,7 +65,7 @@ def _is_url(path: str) -> bool:
 def _expand(path: str, recursive: bool, hidden: bool) -> Iterator[tuple[str, str]]:
     """(key, source) for each file `path` names."""
     if _is_url(path):
-        yield path, path
+        yield redact_url(path), path
     elif glob.has_magic(path):
         root = _glob_root(path)
         for match in sorted(glob.glob(path, recursive=True, include_hidden=hidden)):
