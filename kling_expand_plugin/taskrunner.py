@@ -23,6 +23,7 @@ import dataclasses
 import io
 import logging
 import random
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -46,6 +47,7 @@ from .errors import (
 )
 from .ledger import INTENT, Claim, Entry, SqlLedger
 from .models import Task, TaskImage
+from .retry import RetryBudget, RetryPolicy, retrying
 from .slots import Slots
 
 if TYPE_CHECKING:
@@ -343,19 +345,29 @@ class TaskRunner:
             return None
 
     def _post(self, key: str, request: ExpandRequest, work_id: str) -> Task:
-        """The create, with 1303 waited out (the claim renewed meanwhile)."""
-        delay = CONCURRENCY_BACKOFF[0]
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                return self.client.create(request)
-            except ConcurrencyLimitedError:
-                if time.monotonic() + delay > deadline:
-                    raise
-                log.info("%s: the account is at its task limit (1303); retrying", key)
-                self._sleep(delay * random.uniform(0.8, 1.2))
-                self.ledger.renew(self.endpoint_key, work_id)
-                delay = min(delay * 2, CONCURRENCY_BACKOFF[1])
+        """The create, with 1303 (the account at its task limit) waited out, the claim
+        renewed meanwhile."""
+        policy = RetryPolicy(
+            attempts=sys.maxsize,
+            base_delay=CONCURRENCY_BACKOFF[0],
+            max_delay=CONCURRENCY_BACKOFF[1],
+            deadline=self.timeout,
+            jitter=0.2,
+        )
+
+        def delay_for(error: Exception, budget: RetryBudget) -> float | None:
+            if not isinstance(error, ConcurrencyLimitedError):
+                return None
+            self.ledger.renew(self.endpoint_key, work_id)
+            return budget.next_delay()
+
+        return retrying(
+            lambda: self.client.create(request),
+            policy,
+            delay_for,
+            what=f"{key}: the account is at its task limit (1303)",
+            sleep=self._sleep,
+        )
 
     @contextlib.contextmanager
     def _slots_for(self, task: Task, n: int) -> Iterator[None]:
