@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from kling_expand_plugin.fill import METHODS, fill
 from kling_expand_plugin.geometry import Box, Canvas
 from kling_expand_plugin.localserver import fillquality
-from kling_expand_plugin.localserver.fill import METHODS, fill
 
 PHOTOS = Path(__file__).resolve().parents[1] / "sample_data" / "photos"
 SIDE = 1024

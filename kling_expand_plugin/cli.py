@@ -43,10 +43,10 @@ from .errors import (
     TransportError,
     WaitTimeout,
 )
+from .fill import METHODS
 from .geometry import canvas_for
 from .localserver import LocalServer
 from .localserver.faults import FAULTS
-from .localserver.fill import METHODS
 from .localserver.server import MAX_CONNECTIONS, QUERY_SHAPES
 from .models import Task
 from .plan import ANCHORS, ASPECT_POLICIES, MAX_AREA, PlanError, parse_aspect, ratios_for_aspect

@@ -36,8 +36,8 @@ import hooks.item
 from hooks import FetchError, Item
 
 from . import limits
+from .fill import fill
 from .geometry import Box, Canvas
-from .localserver.fill import fill
 from .plan import Plan, PlanError, Target, plan_expansion
 
 JPEG_QUALITIES = (95, 90, 85, 80, 75, 70)

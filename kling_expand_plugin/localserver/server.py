@@ -34,12 +34,12 @@ from typing import Any, BinaryIO
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from .. import limits
+from ..fill import METHODS
 from .auth import TokenChecker
 from .budget import ByteBudget
 from .callbacks import CallbackSender
 from .errors import ApiError, invalid_parameter, invalid_request
 from .faults import Faults
-from .fill import METHODS
 from .ratelimit import RateLimiter
 from .scheduler import Scheduler
 from .tasks import Latency, TaskStore

@@ -26,11 +26,11 @@ from typing import Any, BinaryIO
 
 from PIL import Image, ImageDraw
 
+from ..fill import fill
 from ..geometry import canvas_for
 from .callbacks import CallbackSender
 from .errors import ApiError, invalid_parameter
 from .faults import Faults
-from .fill import fill
 from .scheduler import Scheduler
 from .validation import CreateRequest
 
