@@ -170,6 +170,51 @@ def prepare(
         pixel_cap = int(content[0] * content[1] * 0.64)  # 80% per side, the last resort
 
 
+def prepare_as_sent(
+    item: Item, target: Target, options: FitOptions | None = None
+) -> tuple[Upload, Plan] | None:
+    """The upload and plan of a JPEG that is sent as it is, without decoding it whole; None
+    when the file needs `prepare` (any change to make, or anything in doubt).
+
+    Such a file needs no pixels until its result is stitched: its header says everything the
+    plan needs, and decoding it at an eighth of its size (which reads every byte of its
+    compressed data, at a fraction of the cost) shows it is whole before anything is paid.
+    """
+    options = options or FitOptions()
+    data = _read(item)
+    try:
+        image: Image.Image = Image.open(io.BytesIO(data))
+        if (
+            image.format != "JPEG"
+            or image.mode not in ("RGB", "L")
+            or len(data) > limits.MAX_FILE_BYTES
+            or getattr(image, "n_frames", 1) > 1
+            or image.getexif().get(0x0112) not in (None, 1)
+        ):
+            return None
+        icc = image.info.get("icc_profile")
+        if icc and _profile(icc, []) is not None:  # not sRGB: converted for the upload
+            return None
+        _check_size(item.key, image.size, len(data), options)
+        if _scale_for(image.size, target.aspect_policy, options.max_upload_pixels) != 1.0:
+            return None
+        plan = plan_expansion(*image.size, target, scale=1.0)
+        if (
+            plan.crop is not None
+            or any(plan.pad)
+            or image.width * image.height > options.max_pixels
+        ):
+            return None
+        width, height = image.size
+        image.draft(image.mode, (max(width // 8, 1), max(height // 8, 1)))
+        image.load()
+    except Exception as error:  # prepare() says what is wrong, in words
+        log.debug("%s: not sent as it is: %s: %s", item.key, type(error).__name__, error)
+        return None
+    url = str(item.image) if item.is_url else None
+    return Upload(data, "JPEG", width, height, 1.0, url), plan
+
+
 def decode(item: Item, options: FitOptions | None = None) -> Decoded:
     """The item's image, fully decoded to 8-bit RGB/RGBA and upright; FitError if it is not one.
 

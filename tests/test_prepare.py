@@ -231,3 +231,33 @@ def test_a_refusal_quotes_the_inputs_own_size_not_the_upscaled_one(size, target,
     with pytest.raises(FitError) as refused:
         prepare(Item("strip.png", encode(photo(size), "PNG")), target)
     assert expected in str(refused.value) and "750" not in str(refused.value)
+
+
+def test_a_jpeg_sent_as_it_is_is_planned_without_a_full_decode():
+    from kling_expand_plugin.plan import parse_aspect
+    from kling_expand_plugin.prepare import prepare_as_sent
+
+    data = encode(photo((900, 600)), "JPEG", quality=90)
+    target = Target(aspect=parse_aspect("16:9"), area=2.0)
+    light = prepare_as_sent(Item("p.jpg", data), target)
+    _, upload, plan = prepare(Item("p.jpg", data), target)
+    assert light is not None and light == (upload, plan)
+    assert light[0].data == data  # byte for byte
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: encode(photo((900, 600)), "JPEG", quality=90)[:-3000],  # cut off
+        lambda: with_orientation(6),  # turned by its EXIF
+        lambda: adobe_rgb_jpeg(),  # converted to sRGB for the upload
+        lambda: encode(photo((900, 600)), "PNG"),  # only JPEGs take the short way
+        lambda: encode(photo((200, 120)), "JPEG"),  # upscaled
+    ],
+)
+def test_anything_else_takes_the_full_decode(make):
+    from kling_expand_plugin.plan import parse_aspect
+    from kling_expand_plugin.prepare import prepare_as_sent
+
+    target = Target(aspect=parse_aspect("16:9"), area=2.0)
+    assert prepare_as_sent(Item("x.jpg", make()), target) is None
