@@ -1,4 +1,4 @@
-"""The Kling Image Expansion client: create, query, list, wait, download (../shared/kling-api.md).
+"""The Kling Image Expansion client: create, query, list, wait, download (docs/kling-api.md).
 
 Safe to point at a paid API:
 - retries decide on Kling's `code`, never on the HTTP status alone, and are bounded by attempts
