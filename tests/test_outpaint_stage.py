@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import logging
 import shutil
@@ -155,7 +156,7 @@ def test_imgpipe_stages_lists_outpaint_with_its_plugin_and_version():
     )
     assert output.returncode == 0, output.stderr
     line = next(line for line in output.stdout.splitlines() if line.startswith("outpaint"))
-    assert "kling-expand-plugin 0.1.0" in line
+    assert f"kling-expand-plugin {importlib.metadata.version('kling-expand-plugin')}" in line
 
 
 def test_imgpipe_run_exits_1_when_an_item_failed_and_2_on_a_config_error(tmp_path):
