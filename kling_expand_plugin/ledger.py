@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import socket
 import sqlite3
 import tempfile
@@ -390,10 +391,7 @@ class SqliteLedger(SqlLedger):
         self._lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable across crashes
-            _migrate(self._db)
+            self._db = _connect(self.path)
         except (sqlite3.Error, OSError) as error:
             raise LedgerError(_unreadable(self.path, error)) from None
         _clean_parts(self.results_dir)
@@ -429,6 +427,28 @@ class SqliteLedger(SqlLedger):
             (endpoint, external_id, index, str(path)),
         )
         return path
+
+
+def _connect(path: Path, *, patience: float = 30.0) -> sqlite3.Connection:
+    """A connection to the ledger in WAL mode with this version's tables. Processes opening a
+    new ledger at once can find it locked in ways SQLite does not wait out (switching to WAL):
+    they try again, a moment apart, for up to `patience` seconds."""
+    deadline = time.monotonic() + patience
+    while True:
+        db = sqlite3.connect(path, timeout=patience, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable across crashes
+            _migrate(db)
+            return db
+        except sqlite3.OperationalError as error:
+            db.close()
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(random.uniform(0.02, 0.2))
+        except BaseException:
+            db.close()
+            raise
 
 
 def _migrate(db: sqlite3.Connection) -> None:

@@ -183,5 +183,5 @@ def test_processes_opening_a_new_ledger_at_once_all_succeed(tmp_path):
         subprocess.Popen([sys.executable, "-c", code, str(tmp_path), start], stderr=subprocess.PIPE)
         for _ in range(8)
     ]
-    errors = [process.communicate(timeout=60)[1] for process in processes]
-    assert [process.returncode for process in processes] == [0] * 8, errors
+    errors = [process.communicate(timeout=60)[1].decode() for process in processes]
+    assert [process.returncode for process in processes] == [0] * 8, "".join(errors)
