@@ -1,7 +1,7 @@
 """Benchmark of the local server's fill methods against a flat mean-colour control.
 
 Each sample photo is scaled to 1024 x 1024 and expanded to 2356 x 1332 (16:9 at 3x area), as in
-../shared/local-fill.md. Prints seconds and quality scores per photo and method, the peak memory
+docs/local-fill.md. Prints seconds and quality scores per photo and method, the peak memory
 of "mirror-fade" (RSS in a fresh process, Linux only; numpy's share by tracemalloc), and the
 time ratios against the control.
 
@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from kling_expand_plugin.fill import METHODS, fill
 from kling_expand_plugin.geometry import Box, Canvas
 from kling_expand_plugin.localserver import fillquality
-from kling_expand_plugin.localserver.fill import METHODS, fill
 
 PHOTOS = Path(__file__).resolve().parents[1] / "sample_data" / "photos"
 SIDE = 1024

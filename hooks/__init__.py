@@ -2,7 +2,7 @@
 
 from .config import StageConfig, load_config, parse_config
 from .errors import ConfigError, OptionError, PipelineError, PluginLoadError, RegistrationError
-from .item import Item
+from .item import FetchError, Item, redact_url
 from .manager import PluginManager, make_plugin_manager
 from .markers import PROJECT, hookimpl, hookspec
 from .registry import Register, Stage, StageFactory, StageInfo, StageRegistry
@@ -11,6 +11,7 @@ from .runner import build_pipeline, run_pipeline, run_stages
 __all__ = [
     "PROJECT",
     "ConfigError",
+    "FetchError",
     "Item",
     "OptionError",
     "PipelineError",
@@ -29,6 +30,7 @@ __all__ = [
     "load_config",
     "make_plugin_manager",
     "parse_config",
+    "redact_url",
     "run_pipeline",
     "run_stages",
 ]

@@ -1,12 +1,31 @@
-"""Batch image expansion (outpainting) with the Kling AI Image Expansion API."""
+"""Batch image expansion (outpainting) with the Kling AI Image Expansion API.
 
+The public names below are imported on first use, so that importing one module of the package
+(say `kling_expand_plugin.limits`) does not load the rest.
+"""
+
+from __future__ import annotations
+
+import importlib
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
-from .api import expand, expand_many
-from .auth import Credentials
-from .client import ExpandRequest, KlingClient
-from .geometry import Ratios
-from .stage import OutpaintStage
+if TYPE_CHECKING:
+    from .api import expand, expand_many
+    from .auth import Credentials
+    from .client import ExpandRequest, KlingClient
+    from .geometry import Ratios
+    from .stage import OutpaintStage
+
+_PUBLIC = {
+    "expand": ".api",
+    "expand_many": ".api",
+    "Credentials": ".auth",
+    "ExpandRequest": ".client",
+    "KlingClient": ".client",
+    "Ratios": ".geometry",
+    "OutpaintStage": ".stage",
+}
 
 try:
     __version__ = version("kling-expand-plugin")
@@ -23,3 +42,11 @@ __all__ = [
     "expand",
     "expand_many",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name], __name__), name)
+    globals()[name] = value
+    return value

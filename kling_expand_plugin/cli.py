@@ -21,6 +21,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path, PurePosixPath
 from types import FrameType
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
@@ -44,10 +45,11 @@ from .errors import (
     TransportError,
     WaitTimeout,
 )
+from .fill import METHODS
 from .geometry import canvas_for
 from .localserver import LocalServer
 from .localserver.faults import FAULTS
-from .localserver.fill import METHODS
+from .localserver.server import MAX_CONNECTIONS, QUERY_SHAPES
 from .models import Task
 from .output import (
     NAME_METADATA,
@@ -65,11 +67,14 @@ from .stage import OutpaintStage
 from .stitch import canvas_at_original, content_of
 
 DEFAULT_PORT = 8765
+LOCAL_SERVE_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
+"""Where `kling-expand serve` listens by default: what `tasks --endpoint local` talks to."""
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 MAX_CLOCK_SKEW = 5.0
 """Seconds our clock may run ahead of the server's before its tokens are refused (`nbf`)."""
 CLI_RETRY = RetryPolicy(attempts=3, base_delay=0.5, deadline=30.0)
+log = logging.getLogger(__name__)
 
 EXIT_CODES = """exit codes:
   0    everything went through (every check passed, for doctor)
@@ -434,7 +439,11 @@ def plan_command(args: argparse.Namespace) -> int:
         try:
             plans.append(_plan_of(item, stage))
         except FitError as exc:
-            plans.append({"key": item.key, "error": str(exc)})
+            plans.append(_refused(item.key, exc.problem, exc.rule))
+        except Exception as exc:  # a bug, not the input's fault: still one line, no traceback
+            log.debug("planning %s", item.key, exc_info=True)
+            problem = f"could not be planned ({type(exc).__name__})"
+            plans.append(_refused(item.key, problem, "none: a bug in kling-expand; -vv shows it"))
     if args.json:
         _print_json(plans)
     else:
@@ -474,9 +483,19 @@ def _plan_of(item: Item, stage: OutpaintStage) -> dict[str, Any]:
     }
 
 
+def _refused(key: str, problem: str, rule: str) -> dict[str, Any]:
+    """An input `plan` cannot use: the whole error, and its parts for scripts."""
+    return {
+        "key": key,
+        "error": f"item {key!r}: {problem} (rule: {rule})",
+        "problem": problem,
+        "rule": rule,
+    }
+
+
 def _plan_lines(plan: dict[str, Any]) -> list[str]:
     if "error" in plan:
-        return [f"{plan['key']}: cannot be expanded: {plan['error']}"]
+        return [f"{plan['key']}: cannot be expanded: {plan['problem']} (rule: {plan['rule']})"]
     upload = plan["upload"]
     lines = [
         f"{plan['key']}: {plan['original'][0]} x {plan['original'][1]}",
@@ -787,7 +806,10 @@ def _add_tasks(
     actions = tasks.add_subparsers(dest="action", required=True, metavar="ACTION")
     task_common = argparse.ArgumentParser(add_help=False, parents=[common])
     task_common.add_argument(
-        "--endpoint", default=DEFAULT_BASE_URL, help=f"server URL (default {DEFAULT_BASE_URL})"
+        "--endpoint",
+        default="local",
+        help=f'"local" (default: a `kling-expand serve` at {LOCAL_SERVE_URL}) or a server URL '
+        f"such as {DEFAULT_BASE_URL}",
     )
     task_common.add_argument("--json", action="store_true", help="print JSON")
     listing = _command(
@@ -934,14 +956,28 @@ def _task_json(task: Task) -> dict[str, Any]:
 
 
 def _client(endpoint: str) -> KlingClient:
-    """A client of `endpoint` with the environment's credentials and short retries."""
-    if endpoint == "local":
-        raise UsageError(
-            '"local" lives only during an expand run: run `kling-expand serve` and pass its URL'
-        )
-    if not endpoint.startswith(("http://", "https://")):
-        raise UsageError(f"--endpoint {endpoint!r} is not an http(s) URL")
-    return KlingClient(endpoint, Credentials.from_env(), retry=CLI_RETRY)
+    """A client of `endpoint` with the environment's credentials and short retries; "local"
+    is a `kling-expand serve` on its default port, and a server on this machine started
+    without keys needs none."""
+    url = LOCAL_SERVE_URL if endpoint == "local" else endpoint
+    if not url.startswith(("http://", "https://")):
+        raise UsageError(f"--endpoint {endpoint!r} is not local or an http(s) URL")
+    try:
+        return KlingClient(url, Credentials.from_env(), retry=CLI_RETRY)
+    except CredentialsError as missing:
+        if not _is_loopback(url):
+            raise
+        client = KlingClient(url, Credentials("local", "no-keys-for-a-keyless-serve"))
+        try:
+            next(client.list(page_size=1), None)  # does this server take any token?
+        except AuthError:
+            raise missing from None
+        return client
+
+
+def _is_loopback(url: str) -> bool:
+    host = (urlsplit(url).hostname or "").lower()
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 @contextmanager
@@ -981,7 +1017,12 @@ def _add_doctor(
         ),
         epilog="exit codes:\n  0  every check passed\n  1  some check failed\n  2  usage error",
     )
-    doctor.add_argument("--endpoint", default=DEFAULT_BASE_URL, help="server URL, or local")
+    doctor.add_argument(
+        "--endpoint",
+        default="local",
+        help='"local" (default: an embedded local server) or a server URL such as '
+        f"{DEFAULT_BASE_URL}",
+    )
     doctor.add_argument("--ledger", help="the ledger file (default: the user data folder's)")
     doctor.add_argument("--json", action="store_true", help="print the checks as JSON")
 
@@ -1164,6 +1205,20 @@ def _add_serve(
         help="a reused external_task_id makes a new paid task instead of error 1201 (for tests)",
     )
     serve.add_argument(
+        "--query-shape",
+        choices=QUERY_SHAPES,
+        default="object",
+        help="data of the single-task query: the task object, as clients read it (default), or "
+        "a list of one task, as the documentation's example shows",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=_connections,
+        default=MAX_CONNECTIONS,
+        help=f"connections served at once, one thread each; more get 5001 (default "
+        f"{MAX_CONNECTIONS})",
+    )
+    serve.add_argument(
         "--webhook-secret",
         default=os.environ.get("KLING_WEBHOOK_SECRET"),
         help="sign callbacks with this whsec_ secret (also KLING_WEBHOOK_SECRET)",
@@ -1193,6 +1248,8 @@ def serve_command(args: argparse.Namespace) -> int:
         rate_limit=args.rate_limit,
         slow_create_delay=args.slow_create_delay,
         accept_reused_ids=args.accept_reused_ids,
+        query_shape=args.query_shape,
+        max_connections=args.max_connections,
     )
     stop = threading.Event()
 
@@ -1254,6 +1311,12 @@ def _latency(text: str) -> float | Callable[[random.Random], float]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"latency {text!r} is not S or MIN-MAX seconds") from None
     return lambda rng: rng.uniform(low_value, high_value)
+
+
+def _connections(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of connections >= 1")
+    return int(text)
 
 
 def _non_negative(value: float) -> float:

@@ -1,4 +1,4 @@
-"""The Kling Image Expansion client: create, query, list, wait, download (../shared/kling-api.md).
+"""The Kling Image Expansion client: create, query, list, wait, download (docs/kling-api.md).
 
 Safe to point at a paid API:
 - retries decide on Kling's `code`, never on the HTTP status alone, and are bounded by attempts
@@ -52,6 +52,13 @@ from .errors import (
 )
 from .geometry import Ratios
 from .models import Task
+from .retry import (
+    DEFAULT_RETRY,
+    RetryBudget,
+    RetryPolicy,
+    retry_after_seconds,
+    retrying,
+)
 
 DEFAULT_BASE_URL = "https://api-singapore.klingai.com"
 EXPAND_PATH = "/v1/images/editing/expand"
@@ -69,58 +76,6 @@ def _project_version() -> str:
 
 
 USER_AGENT = f"kling-expand-plugin/{_project_version()} (+requests/{requests.__version__})"
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often and how long a call is retried.
-
-    `attempts` counts every try, the first included; `deadline` bounds the whole call in
-    seconds, sleeps included. The delay before retry k (k = 0, 1, ...) is
-    `min(max_delay, base_delay * 2**k)`, reduced by up to `jitter` of itself at random, and never
-    shorter than the server's `Retry-After`.
-
-    `retry_concurrency`: whether a create answered 1303 (too many tasks running for the account)
-    is retried here, after at least `concurrency_delay` seconds. True suits standalone use; a
-    caller that schedules its own window of tasks sets it False and gets the
-    ConcurrencyLimitedError at once.
-    """
-
-    attempts: int = 5
-    base_delay: float = 0.5
-    max_delay: float = 30.0
-    deadline: float = 120.0
-    jitter: float = 0.5
-    retry_concurrency: bool = True
-    concurrency_delay: float = 1.0
-
-    def backoff(self, retry_number: int) -> float:
-        """The delay before retry `retry_number` (0 for the first retry), jitter applied."""
-        delay = min(self.max_delay, self.base_delay * 2.0**retry_number)
-        return delay * (1.0 - self.jitter * random.random())
-
-    def start(self) -> RetryBudget:
-        """A fresh budget for one call."""
-        return RetryBudget(self)
-
-
-class RetryBudget:
-    """The retries left to one call under a RetryPolicy: attempts and deadline."""
-
-    def __init__(self, policy: RetryPolicy) -> None:
-        self.policy = policy
-        self.retries = 0
-        self.deadline = time.monotonic() + policy.deadline
-
-    def next_delay(self, *, retry_after: float | None = None, minimum: float = 0.0) -> float | None:
-        """Seconds to sleep before the next try, or None when the budget is spent."""
-        if self.retries + 1 >= self.policy.attempts:
-            return None
-        delay = max(self.policy.backoff(self.retries), retry_after or 0.0, minimum)
-        if time.monotonic() + delay > self.deadline:
-            return None
-        self.retries += 1
-        return delay
 
 
 @dataclass(frozen=True)
@@ -254,17 +209,6 @@ def _is_ambiguous(error: KlingError) -> bool:
     return isinstance(error, ProtocolError | ServerError)
 
 
-def _retry_after_seconds(value: str | None) -> float | None:
-    """`Retry-After` in seconds (delta-seconds form only); None when absent or unreadable."""
-    if not value:
-        return None
-    try:
-        seconds = float(value.strip())
-    except ValueError:
-        return None
-    return seconds if seconds >= 0 else None
-
-
 def _describe_image(image: str) -> str:
     if image.startswith(("http://", "https://")):
         return f"URL on {urlsplit(image).hostname}"
@@ -285,7 +229,7 @@ class KlingClient:
         *,
         timeout: Timeouts | float = Timeouts(),
         pool_size: int = 10,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: RetryPolicy = DEFAULT_RETRY,
         download_timeout: float = 300.0,
         max_download_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
@@ -346,23 +290,22 @@ class KlingClient:
             _describe_image(request.image),
             request.n,
         )
-        budget = self._retry.start()
         maybe_created = False
-        while True:
+
+        def attempt() -> Task:
+            nonlocal maybe_created
+            if maybe_created:
+                existing = self._find_by_external_id(external_id)
+                if existing is not None:
+                    logger.info("create %s: found the task already created", external_id)
+                    return existing
             try:
-                if maybe_created:
-                    existing = self._find_by_external_id(external_id)
-                    if existing is not None:
-                        logger.info("create %s: found the task already created", external_id)
-                        return existing
                 return self._post_create(body, external_id)
             except KlingError as error:
                 maybe_created = maybe_created or _is_ambiguous(error)
-                delay = self._retry_delay(error, budget)
-                if delay is None:
-                    raise
-                logger.warning("create %s: %s; retrying in %.2f s", external_id, error, delay)
-                time.sleep(delay)
+                raise
+
+        return retrying(attempt, self._retry, self._retry_delay, what=f"create {external_id}")
 
     def get(self, task_id: str) -> Task:
         """The task with this `task_id`."""
@@ -531,20 +474,11 @@ class KlingClient:
 
     def _with_retries(self, call: Callable[[], T]) -> T:
         """`call()`, retried under the policy while it raises retryable errors."""
-        budget = self._retry.start()
-        while True:
-            try:
-                return call()
-            except KlingError as error:
-                delay = self._retry_delay(error, budget)
-                if delay is None:
-                    raise
-                logger.warning("%s; retrying in %.2f s", error, delay)
-                time.sleep(delay)
+        return retrying(call, self._retry, self._retry_delay, what="request")
 
-    def _retry_delay(self, error: KlingError, budget: RetryBudget) -> float | None:
+    def _retry_delay(self, error: Exception, budget: RetryBudget) -> float | None:
         """How long to wait before retrying after `error`; None when it must not be retried."""
-        if not error.retryable:
+        if not isinstance(error, KlingError) or not error.retryable:
             return None
         minimum = 0.0
         if isinstance(error, ConcurrencyLimitedError):
@@ -648,7 +582,7 @@ class KlingClient:
                 code=code,
                 request_id=request_id,
             )
-            error.retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
+            error.retry_after = retry_after_seconds(response.headers.get("Retry-After"))
             raise error
         if not 200 <= status < 300:
             raise ProtocolError(

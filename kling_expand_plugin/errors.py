@@ -1,4 +1,4 @@
-"""The client's errors: one hierarchy, keyed on Kling's `code` (see ../shared/kling-api.md).
+"""The client's errors: one hierarchy, keyed on Kling's `code` (see docs/kling-api.md).
 
 Every error says whether retrying can help (`retryable`). API errors carry the HTTP status, the
 code, the server's message and its `request_id`. No error ever holds a secret or a token.

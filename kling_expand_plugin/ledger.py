@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import socket
 import sqlite3
 import tempfile
@@ -390,11 +391,7 @@ class SqliteLedger(SqlLedger):
         self._lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable across crashes
-            with self._db:
-                _migrate(self._db)
+            self._db = _connect(self.path)
         except (sqlite3.Error, OSError) as error:
             raise LedgerError(_unreadable(self.path, error)) from None
         _clean_parts(self.results_dir)
@@ -432,22 +429,52 @@ class SqliteLedger(SqlLedger):
         return path
 
 
+def _connect(path: Path, *, patience: float = 30.0) -> sqlite3.Connection:
+    """A connection to the ledger in WAL mode with this version's tables. Processes opening a
+    new ledger at once can find it locked in ways SQLite does not wait out (switching to WAL):
+    they try again, a moment apart, for up to `patience` seconds."""
+    deadline = time.monotonic() + patience
+    while True:
+        db = sqlite3.connect(path, timeout=patience, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable across crashes
+            _migrate(db)
+            return db
+        except sqlite3.OperationalError as error:
+            db.close()
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(random.uniform(0.02, 0.2))
+        except BaseException:
+            db.close()
+            raise
+
+
 def _migrate(db: sqlite3.Connection) -> None:
-    """Create the tables, or bring an older ledger's to this version (columns added)."""
-    present = {row[1] for row in db.execute("PRAGMA table_info(tasks)")}
-    if not present:
-        columns = ", ".join(f"{name} {kind}" for name, kind in TASK_COLUMNS.items())
-        db.execute(f"CREATE TABLE tasks ({columns}, PRIMARY KEY (endpoint, external_id))")
-    elif not set(KEY_COLUMNS) <= present:
-        raise sqlite3.DatabaseError("its tasks table is not a kling-expand ledger's")
-    for name, kind in TASK_COLUMNS.items():
-        if present and name not in present:
-            db.execute(f"ALTER TABLE tasks ADD COLUMN {name} {kind}")
-    db.execute(
-        "CREATE TABLE IF NOT EXISTS results (endpoint TEXT NOT NULL, external_id TEXT NOT NULL, "
-        "idx INTEGER NOT NULL, path TEXT NOT NULL, PRIMARY KEY (endpoint, external_id, idx))"
-    )
-    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    """Create the tables, or bring an older ledger's to this version (columns added), holding
+    the database's write lock: processes starting at once on a new ledger take turns."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        present = {row[1] for row in db.execute("PRAGMA table_info(tasks)")}
+        if not present:
+            columns = ", ".join(f"{name} {kind}" for name, kind in TASK_COLUMNS.items())
+            db.execute(f"CREATE TABLE tasks ({columns}, PRIMARY KEY (endpoint, external_id))")
+        elif not set(KEY_COLUMNS) <= present:
+            raise sqlite3.DatabaseError("its tasks table is not a kling-expand ledger's")
+        for name, kind in TASK_COLUMNS.items():
+            if present and name not in present:
+                db.execute(f"ALTER TABLE tasks ADD COLUMN {name} {kind}")
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS results (endpoint TEXT NOT NULL, "
+            "external_id TEXT NOT NULL, idx INTEGER NOT NULL, path TEXT NOT NULL, "
+            "PRIMARY KEY (endpoint, external_id, idx))"
+        )
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except BaseException:
+        db.rollback()
+        raise
+    db.commit()
 
 
 def _unreadable(path: Path, error: BaseException) -> str:

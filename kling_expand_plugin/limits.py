@@ -1,4 +1,4 @@
-"""The Kling Image Expansion API's documented limits, in one place (see ../shared/kling-api.md)."""
+"""The Kling Image Expansion API's documented limits, in one place (see docs/kling-api.md)."""
 
 MIN_SIDE = 300
 """Width and height of an input image, in pixels, at least."""

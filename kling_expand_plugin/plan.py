@@ -195,13 +195,16 @@ def ratios_for_aspect(width: int, height: int, *, aspect: float, area: float) ->
     return _rounded(vertical, vertical, horizontal, horizontal)
 
 
-def _size_for_area(width: int, height: int, aspect: float, area: float) -> tuple[float, float]:
+def _size_for_area(
+    width: int, height: int, aspect: float, area: float, scale: float = 1.0
+) -> tuple[float, float]:
     target_height = math.sqrt(area * width * height / aspect)
     target_width = target_height * aspect
     if target_width < width - 0.5 or target_height < height - 0.5:
         raise PlanError(
-            f"a {aspect:.4g} canvas of {area:g}x the area of {width} x {height} would have to "
-            "crop the original; raise area, or leave it unset for the smallest canvas"
+            f"a {aspect:.4g} canvas of {area:g}x the area of {_size(width, height, scale)} "
+            "would have to crop the original; raise area, or leave it unset for the smallest "
+            "canvas"
         )
     return max(target_width, width), max(target_height, height)
 
@@ -213,7 +216,7 @@ def _smallest_size(width: int, height: int, aspect: float) -> tuple[float, float
 
 
 def _largest_size(
-    width: int, height: int, aspect: float, anchor: tuple[float, float]
+    width: int, height: int, aspect: float, anchor: tuple[float, float], scale: float = 1.0
 ) -> tuple[float, float]:
     """The largest canvas of `aspect` one call can make around a `width` x `height` image."""
     # One side's band is at most 2x the original's side; the anchor decides which band is larger.
@@ -226,7 +229,9 @@ def _largest_size(
     )
     smallest = _smallest_size(width, height, aspect)
     if target_height < smallest[1]:
-        raise PlanError(f"no {aspect:.4g} canvas holds {width} x {height} within one call's limits")
+        raise PlanError(
+            f"no {aspect:.4g} canvas holds {_size(width, height, scale)} within one call's limits"
+        )
     return target_height * aspect, target_height
 
 
@@ -247,8 +252,8 @@ def plan_expansion(width: int, height: int, target: Target, *, scale: float = 1.
     if pad is None:
         if target.aspect_policy == "reject":
             raise PlanError(
-                f"aspect ratio {width} x {height} is outside 1:2.5..2.5:1 and the target does not "
-                'expand it enough to pad it (aspect_policy = "reject")'
+                f"aspect ratio {_size(width, height, scale)} is outside 1:2.5..2.5:1 and the "
+                'target does not expand it enough to pad it (aspect_policy = "reject")'
             )
         if target.aspect_policy == "crop":
             crop = _crop_to_limits(width, height, target.anchor)
@@ -268,7 +273,15 @@ def plan_expansion(width: int, height: int, target: Target, *, scale: float = 1.
     if target.ratios and crop is None and not any(pad) and not target.ratios.problems():
         passes = (target.ratios,) if any(bands) else ()  # explicit ratios are sent as given
     else:
-        passes = _passes(upload, bands, target.max_passes)
+        try:
+            passes = _passes(upload, bands, target.max_passes)
+        except _TooFar as far:
+            hint = "" if target.max_passes > 1 else "; allow more calls with max_passes"
+            raise PlanError(
+                f"growing {_size(width, height, scale)} to "
+                f"{_size(canvas.width, canvas.height, scale)} needs more than "
+                f"{target.max_passes} call(s): {far}{hint}"
+            ) from None
     expanded = Canvas(upload[0] + left + right, upload[1] + top + bottom, Box(left, top, *upload))
     return Plan((width, height), crop, pad, passes, expanded, canvas, output_size)
 
@@ -292,10 +305,10 @@ def _desired_canvas(
         if target.area is None:
             size = _smallest_size(width, height, target.aspect)
         elif target.area == MAX_AREA:
-            size = _largest_size(width, height, target.aspect, target.anchor)
+            size = _largest_size(width, height, target.aspect, target.anchor, scale)
         else:
             assert isinstance(target.area, int | float)
-            size = _size_for_area(width, height, target.aspect, float(target.area))
+            size = _size_for_area(width, height, target.aspect, float(target.area), scale)
     # "max" rounds down, so that whole pixels do not push the area over the limit.
     to_pixels = math.floor if target.area == MAX_AREA else round
     canvas_width = max(int(to_pixels(size[0])), width)
@@ -384,15 +397,20 @@ def _passes(
             )
         problems = [p for ratios in passes for p in ratios.problems()]
         problems += [
-            f"an intermediate image of {w} x {h} is outside the 1:2.5..2.5:1 aspect range"
+            "an intermediate image would be outside the 1:2.5..2.5:1 aspect range"
             for w, h in sizes[1:-1]
             if not limits.MIN_ASPECT <= w / h <= limits.MAX_ASPECT
         ]
         if not problems:
             return tuple(passes)
-        first_problem = first_problem or "; ".join(problems)
-    hint = "" if max_passes > 1 else "; allow more calls with max_passes"
-    raise PlanError(
-        f"growing {upload[0]} x {upload[1]} to {final[0]} x {final[1]} needs more than "
-        f"{max_passes} call(s): {first_problem}{hint}"
-    )
+        first_problem = first_problem or "; ".join(dict.fromkeys(problems))
+    raise _TooFar(first_problem)
+
+
+class _TooFar(Exception):
+    """No split of the growth into at most max_passes calls keeps every call within limits."""
+
+
+def _size(width: int, height: int, scale: float) -> str:
+    """A size in upload pixels, as the original's own pixels for messages."""
+    return f"{max(round(width / scale), 1)} x {max(round(height / scale), 1)}"

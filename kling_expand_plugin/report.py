@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageFont
 
 from hooks import Item
+
+from .prepare import FitError, decode
 
 THUMB_SIZE = (256, 160)
 FILES = "report-files"
@@ -148,9 +150,9 @@ class ContactSheet:
         """A preview of a failed input, when it can be read as an image at all."""
         if source is None:
             return None
-        try:
-            image = ImageOps.exif_transpose(_open(source.read_bytes()))
-        except Exception:  # not an image, unreadable, unreachable: the error says why
+        try:  # guarded and bounded as the stage's own decoding; a URL is not fetched again
+            image = decode(source).original
+        except FitError:  # not an image, unreadable, unreachable: the error says why
             return None
         return self._picture(number, 0, image, None, None, "original")
 

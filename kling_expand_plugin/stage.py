@@ -26,7 +26,7 @@ from hooks.stages.save import ESTIMATED_BYTES
 
 from . import limits
 from .auth import Credentials
-from .client import DEFAULT_BASE_URL, ExpandRequest, KlingClient, RetryPolicy
+from .client import ExpandRequest, KlingClient, RetryPolicy
 from .download import DEFAULT_MAX_BYTES
 from .errors import CredentialsError
 from .geometry import Box, Canvas, Ratios, canvas_for
@@ -59,6 +59,7 @@ from .prepare import (
     FitError,
     FitOptions,
     Upload,
+    decode,
     encode_within_limit,
     prepare,
 )
@@ -104,7 +105,7 @@ class OutpaintStage:
     def __init__(
         self,
         *,
-        endpoint: str = DEFAULT_BASE_URL,
+        endpoint: str = "local",
         aspect: str | float | None = None,
         area: float | str | None = None,
         size: str | list[int] | None = None,
@@ -221,6 +222,8 @@ class OutpaintStage:
         self._active: TaskRunner | None = None
         self._times = (0.0, 0.0)
         self._cancelled = threading.Event()
+        self.cpu_workers = _cores()
+        self._cpu = threading.BoundedSemaphore(self.cpu_workers)
 
     def cancel(self) -> None:
         """Stop the run under way: no new inputs or tasks from now on, waits end at once, and
@@ -262,13 +265,15 @@ class OutpaintStage:
         self._cancelled.clear()
         with contextlib.ExitStack() as stack:
             runner = self._active = self._runner(stack)
-            tasks_at_once = self.concurrency // self.n
+            # The tasks the slots allow, plus an item per CPU worker being prepared or stitched.
+            window = self.concurrency // self.n + self.cpu_workers
             names: dict[int, str] = {}
             results = windowed_map(
                 lambda item: self._expand(runner, item, names.pop(id(item))),
                 _named(itertools.takewhile(lambda _: not self._cancelled.is_set(), items), names),
-                window=2 * tasks_at_once,  # the second half prepares and downloads meanwhile
+                window=window,
                 ordered=self.order == "input",
+                reorder_limit=2 * window,
             )
             try:
                 for item, future in results:
@@ -284,7 +289,7 @@ class OutpaintStage:
                         raise error
                     log.error("outpaint: %s", _describe(item, error))
                     if self.on_error == "passthrough":
-                        item.metadata["outpaint"] = {"error": str(error)}
+                        item.metadata["outpaint"] = {"error": _describe(item, error)}
                         yield item
             finally:
                 runner.cancel()  # left early (error, break, close): stop the workers too
@@ -404,38 +409,78 @@ class OutpaintStage:
         return EXTENSIONS[pillow_format], estimated_bytes(pixels, self.n, pillow_format)
 
     def _expand(self, runner: TaskRunner, item: Item, name: str) -> list[Item]:
-        """The whole life of one item: prepare, plan, run the calls, stitch, encode."""
-        decoded, upload, plan = prepare(item, self.target, self.fit_options)
+        """The whole life of one item: prepare, plan, run the calls, stitch.
+
+        Decoding, fitting, stitching and encoding take one of the stage's few CPU workers;
+        while its tasks run, an item holds its upload and its input file's bytes (or just its
+        path), never decoded pixels, so memory is bounded by the CPU workers, not by the
+        window of tasks.
+        """
+        with self._cpu_worker(runner):
+            decoded, upload, plan = prepare(item, self.target, self.fit_options)
+            if plan.is_empty:
+                log.info("outpaint: %s already has the target shape; copied", item.key)
+                return [self._unchanged(item, name, decoded, upload, plan)]
+            if not plan.passes:
+                log.warning("outpaint: %s: the target was reached by padding alone", item.key)
+                return self._stitched(item, name, decoded, upload, plan, [upload.data], [])
+            sizes = _pass_outputs(item.key, plan)  # refused here, before anything is paid
+            source = item.replace(image=decoded.data) if item.is_url else item  # fetched once
+            del decoded
+        variants, outcomes = self._run_passes(runner, item, upload, plan, sizes)
+        with self._cpu_worker(runner):
+            decoded = decode(source, self.fit_options)
+            return self._stitched(item, name, decoded, upload, plan, variants, outcomes)
+
+    @contextlib.contextmanager
+    def _cpu_worker(self, runner: TaskRunner) -> Iterator[None]:
+        with self._cpu:
+            runner.check_cancelled()
+            yield
+
+    def _unchanged(
+        self, item: Item, name: str, decoded: Decoded, upload: Upload, plan: Plan
+    ) -> Item:
+        """The result of an input already of the target shape: itself, upright, encoded as
+        any result, with the same metadata keys."""
+        data, extension, media_type = encode_result(
+            _upright(decoded), Source.of(decoded.data), self.output, self.fit_options.background
+        )
+        width, height = decoded.original.size
+        canvas = Canvas(width, height, Box(0, 0, width, height))
+        metadata = self._metadata(item, 0, [], plan, upload, canvas, unchanged=True)
+        return Item(result_key(name, 0, extension), data, media_type, metadata)
+
+    def _stitched(
+        self,
+        item: Item,
+        name: str,
+        decoded: Decoded,
+        upload: Upload,
+        plan: Plan,
+        variants: list[bytes],
+        outcomes: list[Outcome],
+    ) -> list[Item]:
+        """One result item per variant: the API's output stitched onto the original."""
         source = Source.of(decoded.data)
-        if plan.is_empty:
-            log.info("outpaint: %s already has the target shape; copied", item.key)
-            data, extension, media_type = encode_result(
-                _upright(decoded), source, self.output, self.fit_options.background
-            )
-            width, height = decoded.original.size
-            canvas = Canvas(width, height, Box(0, 0, width, height))
-            metadata = self._metadata(item, 0, [], plan, upload, canvas, unchanged=True)
-            return [Item(result_key(name, 0, extension), data, media_type, metadata)]
-        if not plan.passes:
-            log.warning("outpaint: %s: the target was reached by padding alone", item.key)
-        variants, outcomes = self._run_passes(runner, item, upload, plan)
         results = []
-        for variant, expanded in enumerate(variants):
+        for variant, data in enumerate(variants):
             image, canvas = stitch(
-                expanded,
+                _open(data),
                 plan,
                 decoded,
                 upload.scale,
                 blend=self.blend,
                 match_colour=self.colour_match,
             )
-            data, extension, media_type = encode_result(
+            encoded, extension, media_type = encode_result(
                 image, source, self.output, self.fit_options.background
             )
             metadata = self._metadata(
                 item, variant, outcomes, plan, upload, canvas, variants=len(variants)
             )
-            results.append(Item(result_key(name, variant, extension), data, media_type, metadata))
+            key = result_key(name, variant, extension)
+            results.append(Item(key, encoded, media_type, metadata))
         return results
 
     def _metadata(
@@ -471,16 +516,19 @@ class OutpaintStage:
         return {**item.metadata, "variant": variant, "outpaint": outpaint}
 
     def _run_passes(
-        self, runner: TaskRunner, item: Item, upload: Upload, plan: Plan
-    ) -> tuple[list[Image.Image], list[Outcome]]:
-        """The last call's output for each variant (n from the first call, one call each after)."""
-        if not plan.passes:
-            return [Image.open(io.BytesIO(upload.data))], []
-        sizes = _pass_outputs(item.key, plan)  # refused here, before anything is paid
+        self,
+        runner: TaskRunner,
+        item: Item,
+        upload: Upload,
+        plan: Plan,
+        sizes: list[tuple[int, int]],
+    ) -> tuple[list[bytes], list[Outcome]]:
+        """The last call's output for each variant (n from the first call, one call each
+        after), as the API sent them."""
         outcomes: list[Outcome] = []
         inputs = [upload.image_field()]
         for number, ratios in enumerate(plan.passes):
-            outputs = []
+            outputs: list[bytes] = []
             for image_field in inputs:
                 request = ExpandRequest(
                     image=image_field,
@@ -507,11 +555,20 @@ class OutpaintStage:
                     len(outcome.images),
                     outcome.units,
                 )
-                outputs += [_open(data) for data in outcome.images]
+                outputs += outcome.images
             if number + 1 == len(plan.passes):
                 return outputs, outcomes
-            inputs = [_next_input(output, sizes[number]) for output in outputs]
+            with self._cpu_worker(runner):
+                inputs = [_next_input(_open(output), sizes[number]) for output in outputs]
         raise AssertionError("unreachable: the loop returns after the last pass")
+
+
+def _cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def _named(items: Iterable[Item], names: dict[int, str]) -> Iterator[Item]:
@@ -607,7 +664,9 @@ def _png(image: Image.Image) -> bytes:
 
 
 def _describe(item: Item, error: BaseException) -> str:
-    return f"item {item.key!r}: {type(error).__name__}: {error}"
+    if isinstance(error, FitError):  # it names the item and the rule already
+        return str(error)
+    return f"item {item.key!r}: {error or type(error).__name__}"
 
 
 def _one_of(name: str, value: object, allowed: tuple[str, ...]) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image, ImageCms
+from PIL import Image, ImageCms, ImageStat
 
 from .geometry import Box, Canvas
 from .plan import Plan
@@ -51,22 +51,29 @@ def stitch(
     that no seam shows. Then the original's pixels, alpha included, replace whatever the API
     returned in their rectangle; an original with an ICC profile keeps it, and the generated
     area is converted into it. Returns the image and its canvas (size and original's box).
+
+    To hold one canvas-sized image rather than three, `expanded` itself becomes the result
+    when it is already the canvas (RGB, nothing to cut or scale): pass a copy to keep it.
     """
+    # One canvas-sized image at a time where possible: a 48 MP canvas is 144 MB per copy.
     nominal = (plan.expanded.width, plan.expanded.height)
     if expanded.size != nominal:
         expanded = expanded.resize(nominal, Image.Resampling.LANCZOS)
-    cut = expanded.convert("RGB").crop(plan.canvas_in_expanded.as_tuple())
+    if expanded.mode != "RGB":
+        expanded = expanded.convert("RGB")
+    region = plan.canvas_in_expanded.as_tuple()
+    cut = expanded if region == (0, 0, *expanded.size) else expanded.crop(region)
+    del expanded
     content = content_of(decoded.original, plan, scale)
     target = canvas_at_original(plan.canvas, scale, content.size)
     if cut.size != (target.width, target.height):
         cut = cut.resize((target.width, target.height), Image.Resampling.LANCZOS)
+    cut.load()
     if match_colour:
         cut = _match_colour(cut, target.box, content_of(decoded.image, plan, scale))
     if decoded.icc_profile is not None:
         profile = ImageCms.ImageCmsProfile(io.BytesIO(decoded.icc_profile))
-        converted = ImageCms.profileToProfile(cut, SRGB, profile, outputMode="RGB")
-        assert converted is not None
-        cut = converted
+        ImageCms.profileToProfile(cut, SRGB, profile, inPlace=True)
     if blend > 0:
         cut = _blend_seam(cut, content, target.box, blend)
     if content.mode == "RGBA":
@@ -92,20 +99,23 @@ def stitch(
 
 
 def generated_mask(canvas: Canvas) -> Image.Image:
-    """An L image of the canvas: 255 where pixels were generated, 0 where the original is."""
-    mask = Image.new("L", (canvas.width, canvas.height), 255)
+    """A bilevel image of the canvas (mode "1", a third as costly to encode as grey): 255 where
+    pixels were generated, 0 where the original is."""
+    mask = Image.new("1", (canvas.width, canvas.height), 255)
     mask.paste(0, canvas.box.as_tuple())
     return mask
 
 
 def _match_colour(cut: Image.Image, box: Box, reference: Image.Image) -> Image.Image:
     """Shift each channel by the mean error of the API's rendering of the original (sRGB)."""
-    rendered = np.asarray(cut.crop(box.as_tuple()), dtype=np.float32)
-    shift = np.asarray(reference.convert("RGB"), dtype=np.float32).mean((0, 1)) - rendered.mean(
-        (0, 1)
-    )
-    shifted = np.clip(np.asarray(cut, dtype=np.float32) + shift, 0, 255)
-    return Image.fromarray((shifted + 0.5).astype(np.uint8), "RGB")
+    rendered = ImageStat.Stat(cut.crop(box.as_tuple())).mean
+    wanted = ImageStat.Stat(reference.convert("RGB")).mean
+    table = [
+        min(255, max(0, round(value + wanted[band] - rendered[band])))
+        for band in range(3)
+        for value in range(256)
+    ]
+    return cut.point(table)
 
 
 def _blend_seam(cut: Image.Image, content: Image.Image, box: Box, width: int) -> Image.Image:
@@ -113,13 +123,13 @@ def _blend_seam(cut: Image.Image, content: Image.Image, box: Box, width: int) ->
     outwards, fading to nothing over `width` pixels.
 
     Only the ring of `width` pixels around the box changes, and each of its pixels takes the
-    difference at the nearest pixel of the box's border, so the work is four thin strips.
+    difference at the nearest pixel of the box's border, so the work is four thin strips, each
+    read and written back on its own (`cut` is changed in place and returned).
     """
-    pixels = np.array(cut.convert("RGB"))
-    original = np.asarray(content.convert("RGB"))
+    original = content if content.mode == "RGB" else content.convert("RGB")
     top, left = max(box.top - width, 0), max(box.left - width, 0)
-    bottom = min(box.bottom + width, pixels.shape[0])
-    right = min(box.right + width, pixels.shape[1])
+    bottom = min(box.bottom + width, cut.height)
+    right = min(box.right + width, cut.width)
     strips = (
         (top, box.top, left, right),
         (box.bottom, bottom, left, right),
@@ -133,11 +143,26 @@ def _blend_seam(cut: Image.Image, content: Image.Image, box: Box, width: int) ->
         cols = np.arange(col0, col1)[None, :]
         near_rows = np.clip(rows, box.top, box.bottom - 1)
         near_cols = np.clip(cols, box.left, box.right - 1)
-        edge = original[near_rows - box.top, near_cols - box.left].astype(np.float32)
-        difference = edge - pixels[near_rows, near_cols].astype(np.float32)
+        # The border pixels these strips take their difference from, in both images.
+        edge_box = (
+            int(near_cols.min()),
+            int(near_rows.min()),
+            int(near_cols.max()) + 1,
+            int(near_rows.max()) + 1,
+        )
+        rendered = np.asarray(cut.crop(edge_box), dtype=np.float32)
+        inside = (edge_box[0] - box.left, edge_box[1] - box.top)
+        edge = np.asarray(
+            original.crop((inside[0], inside[1], inside[0] + rendered.shape[1],
+                           inside[1] + rendered.shape[0])),
+            dtype=np.float32,
+        )  # fmt: skip
+        at = (near_rows - edge_box[1], near_cols - edge_box[0])
+        difference = edge[at] - rendered[at]
         dy = np.maximum(np.maximum(box.top - rows, rows - (box.bottom - 1)), 0)
         dx = np.maximum(np.maximum(box.left - cols, cols - (box.right - 1)), 0)
         weight = np.clip(1.0 - np.hypot(dx, dy) / (width + 1), 0.0, 1.0)[..., None]
-        strip = pixels[row0:row1, col0:col1].astype(np.float32) + difference * weight
-        pixels[row0:row1, col0:col1] = (np.clip(strip, 0, 255) + 0.5).astype(np.uint8)
-    return Image.fromarray(pixels, "RGB")
+        strip = np.asarray(cut.crop((col0, row0, col1, row1)), dtype=np.float32)
+        blended = (np.clip(strip + difference * weight, 0, 255) + 0.5).astype(np.uint8)
+        cut.paste(Image.fromarray(blended, "RGB"), (col0, row0))
+    return cut

@@ -23,6 +23,7 @@ import dataclasses
 import io
 import logging
 import random
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -46,6 +47,7 @@ from .errors import (
 )
 from .ledger import INTENT, Claim, Entry, SqlLedger
 from .models import Task, TaskImage
+from .retry import RetryBudget, RetryPolicy, retrying
 from .slots import Slots
 
 if TYPE_CHECKING:
@@ -197,7 +199,7 @@ class TaskRunner:
         work_id = request.resolved_external_id
         deadline = time.monotonic() + self.timeout
         while True:
-            self._check_cancelled()
+            self.check_cancelled()
             entry = self.ledger.entry(self.endpoint_key, work_id)
             if entry is None or (entry.task_id is None and entry.status == INTENT):
                 claim = self.ledger.claim(self.endpoint_key, work_id, key)
@@ -254,7 +256,7 @@ class TaskRunner:
             with self.slots.hold(request.n, cancel=self.cancelled):
                 task = self._find(sent_id) if claim.in_doubt else None
                 if task is None:
-                    self._check_cancelled()
+                    self.check_cancelled()
                     reservation = self.budget.reserve(key, request.n) if self.budget else None
                     posted = True
                     task = self._post(key, request, work_id)
@@ -343,19 +345,29 @@ class TaskRunner:
             return None
 
     def _post(self, key: str, request: ExpandRequest, work_id: str) -> Task:
-        """The create, with 1303 waited out (the claim renewed meanwhile)."""
-        delay = CONCURRENCY_BACKOFF[0]
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                return self.client.create(request)
-            except ConcurrencyLimitedError:
-                if time.monotonic() + delay > deadline:
-                    raise
-                log.info("%s: the account is at its task limit (1303); retrying", key)
-                self._sleep(delay * random.uniform(0.8, 1.2))
-                self.ledger.renew(self.endpoint_key, work_id)
-                delay = min(delay * 2, CONCURRENCY_BACKOFF[1])
+        """The create, with 1303 (the account at its task limit) waited out, the claim
+        renewed meanwhile."""
+        policy = RetryPolicy(
+            attempts=sys.maxsize,
+            base_delay=CONCURRENCY_BACKOFF[0],
+            max_delay=CONCURRENCY_BACKOFF[1],
+            deadline=self.timeout,
+            jitter=0.2,
+        )
+
+        def delay_for(error: Exception, budget: RetryBudget) -> float | None:
+            if not isinstance(error, ConcurrencyLimitedError):
+                return None
+            self.ledger.renew(self.endpoint_key, work_id)
+            return budget.next_delay()
+
+        return retrying(
+            lambda: self.client.create(request),
+            policy,
+            delay_for,
+            what=f"{key}: the account is at its task limit (1303)",
+            sleep=self._sleep,
+        )
 
     @contextlib.contextmanager
     def _slots_for(self, task: Task, n: int) -> Iterator[None]:
@@ -376,7 +388,7 @@ class TaskRunner:
         unconfirmed_end = False  # an unsigned "ended" delivery the API did not confirm
         try:
             while not task.finished:
-                self._check_cancelled()
+                self.check_cancelled()
                 now = time.monotonic()
                 if now >= deadline:
                     raise WaitTimeout(task.task_id, self.timeout, task)
@@ -422,7 +434,8 @@ class TaskRunner:
         if self.cancelled.wait(max(0.0, seconds)):
             raise Cancelled("stopped: no new tasks; running tasks are kept for the next run")
 
-    def _check_cancelled(self) -> None:
+    def check_cancelled(self) -> None:
+        """Raise Cancelled once `cancel()` was called."""
         self._sleep(0.0)
 
 

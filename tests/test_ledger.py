@@ -167,3 +167,21 @@ def test_half_written_results_left_by_a_crash_are_cleaned(tmp_path):
     os.utime(old, (time.time() - 7200, time.time() - 7200))
     SqliteLedger(tmp_path / "ledger.sqlite").close()
     assert not old.exists() and recent.exists()
+
+
+def test_processes_opening_a_new_ledger_at_once_all_succeed(tmp_path):
+    # Eight processes race to create each of five new ledgers, at agreed moments.
+    code = (
+        "import sys, time; from kling_expand_plugin.ledger import SqliteLedger\n"
+        "start = float(sys.argv[2])\n"
+        "for round in range(5):\n"
+        "    time.sleep(max(0.0, start + 0.25 * round - time.time()))\n"
+        "    SqliteLedger(f'{sys.argv[1]}/ledger{round}.sqlite').close()\n"
+    )
+    start = str(time.time() + 2.0)  # after every interpreter has started
+    processes = [
+        subprocess.Popen([sys.executable, "-c", code, str(tmp_path), start], stderr=subprocess.PIPE)
+        for _ in range(8)
+    ]
+    errors = [process.communicate(timeout=60)[1].decode() for process in processes]
+    assert [process.returncode for process in processes] == [0] * 8, "".join(errors)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import logging
 import shutil
@@ -158,7 +159,7 @@ def test_imgpipe_stages_lists_outpaint_with_its_plugin_and_version():
     )
     assert output.returncode == 0, output.stderr
     line = next(line for line in output.stdout.splitlines() if line.startswith("outpaint"))
-    assert "kling-expand-plugin 0.1.0" in line
+    assert f"kling-expand-plugin {importlib.metadata.version('kling-expand-plugin')}" in line
 
 
 def test_imgpipe_run_exits_1_when_an_item_failed_and_2_on_a_config_error(tmp_path):
@@ -181,3 +182,9 @@ def test_imgpipe_run_exits_1_when_an_item_failed_and_2_on_a_config_error(tmp_pat
     config.write_text('[[stages]]\nstage = "outpaint"\n')
     done = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "option 'aspect'" in done.stderr
+
+
+def test_the_stage_defaults_to_the_local_server(monkeypatch):
+    for name in ("KLING_ACCESS_KEY", "KLING_SECRET_KEY", "KLING_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    assert OutpaintStage(aspect="16:9").endpoint == "local"  # no credentials needed

@@ -216,3 +216,48 @@ def test_the_corpus_is_not_all_sent_unchanged():
         name for name in CORPUS if not prepare(Item(name, CORPUS[name]()), WIDE)[1].changes
     }
     assert unchanged == {"rgba.png", "grey.png"}  # opaque RGBA and 8-bit grey are valid as is
+
+
+@pytest.mark.parametrize(
+    "size, target, expected",
+    [
+        ((200, 32), Target(aspect=1.0, area="max"), "no 1 canvas holds 200 x 32 within"),
+        ((200, 80), Target(aspect=16 / 9, area=4.0), "growing 200 x 80 to 337 x 190 needs more"),
+        ((200, 80), Target(aspect=16 / 9, area=1.1), "of 1.1x the area of 200 x 80 would have"),
+    ],
+)
+def test_a_refusal_quotes_the_inputs_own_size_not_the_upscaled_one(size, target, expected):
+    """A strip of 200 px is upscaled to 750 px for the upload; the user never sees that."""
+    with pytest.raises(FitError) as refused:
+        prepare(Item("strip.png", encode(photo(size), "PNG")), target)
+    assert expected in str(refused.value) and "750" not in str(refused.value)
+
+
+def test_a_jpeg_sent_as_it_is_is_planned_without_a_full_decode():
+    from kling_expand_plugin.plan import parse_aspect
+    from kling_expand_plugin.prepare import prepare_as_sent
+
+    data = encode(photo((900, 600)), "JPEG", quality=90)
+    target = Target(aspect=parse_aspect("16:9"), area=2.0)
+    light = prepare_as_sent(Item("p.jpg", data), target)
+    _, upload, plan = prepare(Item("p.jpg", data), target)
+    assert light is not None and light == (upload, plan)
+    assert light[0].data == data  # byte for byte
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: encode(photo((900, 600)), "JPEG", quality=90)[:-3000],  # cut off
+        lambda: with_orientation(6),  # turned by its EXIF
+        lambda: adobe_rgb_jpeg(),  # converted to sRGB for the upload
+        lambda: encode(photo((900, 600)), "PNG"),  # only JPEGs take the short way
+        lambda: encode(photo((200, 120)), "JPEG"),  # upscaled
+    ],
+)
+def test_anything_else_takes_the_full_decode(make):
+    from kling_expand_plugin.plan import parse_aspect
+    from kling_expand_plugin.prepare import prepare_as_sent
+
+    target = Target(aspect=parse_aspect("16:9"), area=2.0)
+    assert prepare_as_sent(Item("x.jpg", make()), target) is None

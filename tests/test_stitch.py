@@ -48,8 +48,8 @@ def test_the_original_is_exact_and_the_result_has_the_canvas_size():
 def test_blending_removes_the_step_at_the_seam_and_fades_out():
     image, decoded, plan = original_and_plan()
     expanded = api_result(image, plan, 30)
-    hard, canvas = stitch(expanded, plan, decoded, 1.0, blend=0)
-    soft, _ = stitch(expanded, plan, decoded, 1.0, blend=8)
+    hard, canvas = stitch(expanded.copy(), plan, decoded, 1.0, blend=0)
+    soft, _ = stitch(expanded.copy(), plan, decoded, 1.0, blend=8)
     box = canvas.box
     row = box.top + 100
     edge = np.asarray(image, dtype=np.int16)[100, 0]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import OptionError
 from ..files import escaped, is_inside
-from ..item import Item
+from ..item import Item, redact_url
 from ..markers import hookimpl
 from ..registry import Register, Stage
 
@@ -35,8 +35,9 @@ def load(
     `recursive`), a glob (`photos/*.jpg`, `**/*.png`) or an http(s) URL; files and folders
     named in `exclude` are left out. Files are not opened here: deciding what is an image is
     the job of the stage that reads them. Keys are the path relative to the folder or glob
-    named, the file's name, or the URL; where two folders give the same key, the second
-    file's key is its path. Bytes of a file name that are not UTF-8 are %XX in its key.
+    named, the file's name, or the URL with its query redacted; where two folders give the
+    same key, the second file's key is its path. Bytes of a file name that are not UTF-8 are
+    %XX in its key.
     """
     if isinstance(paths, str):
         paths = [paths]
@@ -78,8 +79,8 @@ class Load:
                     continue
                 sources.add(resolved)
                 key = escaped(key)
-                if key in keys:  # two folders hold the same relative path
-                    key = escaped(source)
+                if key in keys:  # two folders hold the same relative path, or two URLs differ
+                    key = f"{key}#{len(keys)}" if _is_url(source) else escaped(source)
                 keys.add(key)
                 yield Item(key=key, image=source if _is_url(source) else Path(source))
 
@@ -91,7 +92,7 @@ def _is_url(path: str) -> bool:
 def _expand(path: str, recursive: bool, hidden: bool) -> Iterator[tuple[str, str]]:
     """(key, source) for each file `path` names."""
     if _is_url(path):
-        yield path, path
+        yield redact_url(path), path
     elif glob.has_magic(path):
         root = _glob_root(path)
         for match in sorted(glob.glob(path, recursive=True, include_hidden=hidden)):

@@ -1,4 +1,4 @@
-"""Weight-free quality scores for a filled (outpainted) image, as ../shared/local-fill.md defines.
+"""Weight-free quality scores for a filled (outpainted) image, as docs/local-fill.md defines.
 
 Every score looks at the seams between the original's rectangle and the fill, on luminance.
 Each extended side is turned so that its seam runs horizontally with the fill above it, and only

@@ -2,31 +2,35 @@
 
 A task is `submitted` at create, `processing` halfway through its latency, and `succeed` (or
 `failed`) once its latency has passed and its images are rendered. It holds `n` account slots
-from create until it ends. Result images live in memory until `result_ttl` seconds after the
-task ends; then their URLs answer 404.
+from create until it ends. Result images are PNG files in the store's folder (memory stays flat
+however many results there are) until `result_ttl` seconds after the task ends; then the files
+are deleted and their URLs answer 404.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
+import os
 import random
+import shutil
+import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from PIL import Image, ImageDraw
 
+from ..fill import fill
 from ..geometry import canvas_for
 from .callbacks import CallbackSender
 from .errors import ApiError, invalid_parameter
 from .faults import Faults
-from .fill import fill
 from .scheduler import Scheduler
 from .validation import CreateRequest
 
@@ -67,7 +71,7 @@ class Task:
     rendered: bool = False
     due: bool = False
     expired: bool = False
-    images: dict[str, bytes] = field(default_factory=dict)
+    images: dict[str, Path] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The task as the API shows it."""
@@ -103,10 +107,12 @@ def _image_seed(seed: int, task_id: str, index: int) -> int:
     return int.from_bytes(digest[:4], "big")
 
 
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
+def _save_png(image: Image.Image, path: Path) -> Path:
+    """Write `image` to `path` atomically (a reader never sees half a file)."""
+    partial = path.with_name(path.name + ".part")
+    image.save(partial, format="PNG", compress_level=1)
+    os.replace(partial, path)
+    return path
 
 
 def watermarked(image: Image.Image) -> Image.Image:
@@ -157,10 +163,26 @@ class TaskStore:
         self._creates_by_external: Counter[str] = Counter()
         self._slots_in_use = 0
         self._max_slots_in_use = 0
+        self._folder: Path | None = None  # made at the first render, deleted by stop()
+        self._stopped = False
+
+    @property
+    def folder(self) -> Path | None:
+        """The temporary folder of result files (made at the first render; gone after stop)."""
+        with self._lock:
+            return self._folder
 
     def stop(self) -> None:
-        """Cancel renders not yet started; a render in progress finishes on its own."""
+        """Cancel renders not yet started and delete every result file.
+
+        A render in progress finishes on its own; its files are not kept.
+        """
         self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            self._stopped = True
+            folder, self._folder = self._folder, None
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def create(self, request: CreateRequest, base_url: str) -> dict[str, Any]:
         """A new submitted task holding `n` slots, as JSON; ApiError 1201 (reused id) or 1303."""
@@ -233,13 +255,26 @@ class TaskStore:
         with self._lock:
             return task.to_json()
 
-    def result_image(self, task_id: str, name: str) -> bytes | None:
-        """A result PNG, or None when there is none or it has expired."""
+    def open_result(self, task_id: str, name: str) -> BinaryIO | None:
+        """A result PNG opened for reading, or None when there is none or it has expired.
+
+        The open file stays readable even if the result expires meanwhile.
+        """
         with self._lock:
             task = self._tasks.get(task_id)
             if task is None or task.expired or task.status != "succeed":
                 return None
-            return task.images.get(name)
+            path = task.images.get(name)
+        try:
+            return None if path is None else path.open("rb")
+        except FileNotFoundError:  # the server is stopping and its folder is gone
+            return None
+
+    def result_bytes(self) -> int:
+        """Bytes of result files on disk now."""
+        with self._lock:
+            paths = [path for task in self._tasks.values() for path in task.images.values()]
+        return sum(path.stat().st_size for path in paths if path.exists())
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -254,24 +289,48 @@ class TaskStore:
                 "units_charged": sum(
                     task.n for task in self._tasks.values() if task.status == "succeed"
                 ),
+                "result_bytes_on_disk": self.result_bytes(),
             }
 
     def _render(self, task: Task, request: CreateRequest) -> None:
-        canvas = canvas_for(request.image.width, request.image.height, request.ratios)
-        images: dict[str, bytes] = {}
+        canvas = canvas_for(request.width, request.height, request.ratios)
+        images: dict[str, Path] = {}
+        folder: Path | None = None
+        failed = False
         try:
+            folder = self._task_folder(task)
+            image = request.image()
             for index in range(task.n):
                 seed = _image_seed(self._seed, task.task_id, index)
-                result = fill(request.image, canvas, seed=seed, method=self._fill_method)
-                images[f"{index}.png"] = _png(result)
+                result = fill(image, canvas, seed=seed, method=self._fill_method)
+                images[f"{index}.png"] = _save_png(result, folder / f"{index}.png")
                 if task.watermark:
-                    images[f"{index}_wm.png"] = _png(watermarked(result))
+                    name = f"{index}_wm.png"
+                    images[name] = _save_png(watermarked(result), folder / name)
         except Exception:
-            log.exception("rendering task %s failed", task.task_id)
+            failed = True
+            if not self._stopped:
+                log.exception("rendering task %s failed", task.task_id)
+        if failed or self._stopped:
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+            if self._stopped:
+                return
             with self._lock:
                 task.failure = RENDER_FAILURE_MESSAGE
             images = {}
         self._mark_rendered(task, images)
+
+    def _task_folder(self, task: Task) -> Path:
+        """The task's own new folder for its results (OSError once the store is stopped)."""
+        with self._lock:
+            if self._stopped:
+                raise FileNotFoundError("the task store is stopped")
+            if self._folder is None:
+                self._folder = Path(tempfile.mkdtemp(prefix="kling-local-results-"))
+            folder = self._folder / task.task_id
+        folder.mkdir()
+        return folder
 
     def _start_processing(self, task: Task) -> None:
         with self._lock:
@@ -283,7 +342,7 @@ class TaskStore:
             task.due = True
             self._finish_if_ready(task)
 
-    def _mark_rendered(self, task: Task, images: dict[str, bytes]) -> None:
+    def _mark_rendered(self, task: Task, images: dict[str, Path]) -> None:
         with self._lock:
             task.images = images
             task.rendered = True
@@ -299,14 +358,19 @@ class TaskStore:
             self._scheduler.at(time.monotonic() + self._result_ttl, lambda: self._expire(task))
         else:
             task.status_msg = task.failure
-            task.images = {}
+            self._delete_results(task)
             self._set_status(task, "failed")
         self._slots_in_use -= task.n
 
     def _expire(self, task: Task) -> None:
         with self._lock:
             task.expired = True
-            task.images = {}
+            self._delete_results(task)
+
+    def _delete_results(self, task: Task) -> None:
+        if task.images and not self._stopped:
+            shutil.rmtree(next(iter(task.images.values())).parent, ignore_errors=True)
+        task.images = {}
 
     def _set_status(self, task: Task, status: str) -> None:
         task.status = status

@@ -7,17 +7,19 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import io
 import json
 import math
-import time
+import socket
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from http.client import HTTPConnection, HTTPException, HTTPSConnection
 from typing import Any
 from urllib.parse import urlsplit
 
-import requests
 from PIL import Image
 
 from .. import limits
@@ -43,15 +45,24 @@ Fetcher = Callable[[str], bytes]
 
 @dataclass(frozen=True)
 class CreateRequest:
-    """A create body that passed every rule."""
+    """A create body that passed every rule.
 
-    image: Image.Image
+    The image is kept as its file (at most 10 MB), not as pixels (a 48 MP photo is 144 MB of
+    them), so a task waiting for its render holds little memory; `image()` decodes it again.
+    """
+
+    image_file: bytes
+    width: int
+    height: int
     ratios: Ratios
     prompt: str
     n: int
     watermark: bool
     callback_url: str | None
     external_task_id: str
+
+    def image(self) -> Image.Image:
+        return decode_image(self.image_file)
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
@@ -79,8 +90,11 @@ def validate_create(payload: dict[str, Any], fetch: Fetcher) -> CreateRequest:
     if callback_url is not None and not _is_http_url(callback_url):
         raise invalid_parameter("callback_url must be an http(s) URL")
     external_task_id = _optional_str(payload, "external_task_id")
-    image = _image(payload, fetch)
-    return CreateRequest(image, ratios, prompt, n, watermark, callback_url, external_task_id)
+    image_file = _image_file(payload, fetch)
+    width, height = decode_image(image_file).size
+    return CreateRequest(
+        image_file, width, height, ratios, prompt, n, watermark, callback_url, external_task_id
+    )
 
 
 def _is_number(value: object) -> bool:
@@ -140,7 +154,7 @@ def _is_http_url(text: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
-def _image(payload: dict[str, Any], fetch: Fetcher) -> Image.Image:
+def _image_file(payload: dict[str, Any], fetch: Fetcher) -> bytes:
     value = payload.get("image")
     if value is None or value == "":
         raise invalid_parameter("image is required")
@@ -149,12 +163,10 @@ def _image(payload: dict[str, Any], fetch: Fetcher) -> Image.Image:
     if value.startswith("data:"):
         raise invalid_parameter("image must be raw base64 without a data:...;base64, prefix")
     if _is_http_url(value):
-        data = fetch(value)
-    elif "://" in value:
+        return fetch(value)
+    if "://" in value:
         raise invalid_parameter("image URL must be http or https")
-    else:
-        data = _decode_base64(value)
-    return decode_image(data)
+    return _decode_base64(value)
 
 
 def _decode_base64(text: str) -> bytes:
@@ -202,29 +214,62 @@ def _check_dimensions(width: int, height: int) -> None:
         raise invalid_parameter(f"image aspect ratio {width}:{height} is outside 1:2.5..2.5:1")
 
 
-def fetch_image_url(url: str, *, timeout: float = 10.0) -> bytes:
-    """Download an image URL within `timeout` seconds in all, at most MAX_FILE_BYTES bytes.
+def fetch_image_url(
+    url: str, *, timeout: float = 10.0, max_bytes: int = limits.MAX_FILE_BYTES
+) -> bytes:
+    """Download an image URL within `timeout` seconds in all, at most `max_bytes` bytes.
 
-    Raises ApiError 1201 on any failure.
+    The deadline covers everything (connecting, the headers, the body): a watchdog shuts the
+    socket down when it passes, so a body dripped a byte at a time cannot stretch it.
+    Redirects are not followed. Raises ApiError 1201 on any failure.
     """
-    deadline = time.monotonic() + timeout
+    parts = urlsplit(url)
+    connection_class = HTTPSConnection if parts.scheme == "https" else HTTPConnection
     try:
-        with requests.get(url, timeout=timeout, stream=True) as response:
-            if response.status_code != 200:
-                raise invalid_parameter(
-                    f"image URL could not be downloaded: HTTP {response.status_code}"
-                )
-            data = bytearray()
-            for chunk in response.iter_content(chunk_size=65536):
-                data += chunk
-                if time.monotonic() > deadline:
-                    raise invalid_parameter("image URL could not be downloaded: too slow")
-                if len(data) > limits.MAX_FILE_BYTES:
-                    raise invalid_parameter(
-                        f"image file is more than {limits.MAX_FILE_BYTES} bytes (10 MB)"
-                    )
-            return bytes(data)
-    except requests.RequestException as error:
+        connection = connection_class(parts.hostname or "", parts.port, timeout=timeout)
+    except (ValueError, OSError):  # a bad port
+        raise invalid_parameter("image URL is not a valid http(s) URL") from None
+    expired = threading.Event()
+    sockets: list[socket.socket] = []  # the connection lets go of its socket for a closing body
+
+    def expire() -> None:
+        expired.set()
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    watchdog = threading.Timer(timeout, expire)
+    watchdog.daemon = True
+    watchdog.start()
+    too_slow = invalid_parameter(f"image URL could not be downloaded within {timeout:g} s")
+    try:
+        connection.connect()
+        sockets.append(connection.sock)
+        if expired.is_set():
+            raise too_slow
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        connection.request("GET", target, headers={"Accept-Encoding": "identity"})
+        response = connection.getresponse()
+        if response.status != 200:
+            raise invalid_parameter(f"image URL could not be downloaded: HTTP {response.status}")
+        too_big = invalid_parameter(f"image file is more than {max_bytes} bytes (10 MB)")
+        declared = response.getheader("Content-Length", "")
+        if declared.isdigit() and int(declared) > max_bytes:
+            raise too_big
+        data = bytearray()
+        while chunk := response.read1(65536):
+            data += chunk
+            if len(data) > max_bytes:
+                raise too_big
+        if expired.is_set():  # the watchdog's shutdown reads as the end of the body
+            raise too_slow
+        return bytes(data)
+    except (OSError, HTTPException) as error:
+        if expired.is_set():
+            raise too_slow from None
         raise invalid_parameter(
             f"image URL could not be downloaded: {type(error).__name__}"
         ) from None
+    finally:
+        watchdog.cancel()
+        connection.close()

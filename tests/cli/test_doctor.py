@@ -110,3 +110,9 @@ def test_a_skewed_clock_fails(skewed_server, keys, tmp_path):
     assert "behind the server's" in checks["clock"]["detail"]
     skew = float(checks["clock"]["detail"].split()[3])  # "our clock is 59.6 s behind ..."
     assert 59 <= skew <= 61  # the Date header has whole seconds
+
+
+def test_doctor_without_options_checks_the_local_server(tmp_path):
+    ran = run_cli("doctor", "--ledger", str(tmp_path / "none.sqlite"), "--json")
+    assert ran.code == 0, ran.stdout
+    assert all(entry["ok"] for entry in _checks(ran).values())

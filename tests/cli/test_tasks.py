@@ -77,7 +77,7 @@ def test_refused_credentials_exit_3(server):
     assert ran.code == 3 and "refused" in ran.stderr and "not-the-secret" not in ran.stderr
 
 
-@pytest.mark.parametrize("endpoint", ["local", "ftp://example.com"])
+@pytest.mark.parametrize("endpoint", ["ftp://example.com", "nowhere"])
 def test_tasks_need_a_server_url(endpoint, keys):
     ran = run_cli("tasks", "list", "--endpoint", endpoint, env=keys)
     assert ran.code == 2
@@ -86,3 +86,17 @@ def test_tasks_need_a_server_url(endpoint, keys):
 def test_tasks_without_credentials_exit_2(server):
     ran = run_cli("tasks", "list", "--endpoint", server.url)
     assert ran.code == 2 and "KLING_ACCESS_KEY" in ran.stderr
+
+
+def test_tasks_of_a_keyless_serve_need_no_credentials():
+    with LocalServer(fill_method="fast", latency=0.05) as open_server:  # accepts any token
+        with KlingClient(open_server.url, Credentials("any", "thing-0123456789")) as client:
+            client.create(ExpandRequest(image=_png(3), ratios=Ratios(0, 0, 0.25, 0.25)))
+        listed = run_cli("tasks", "list", "--endpoint", open_server.url, "--json")
+    assert listed.code == 0, listed.stderr
+    assert len(listed.json()) == 1
+
+
+def test_tasks_default_to_a_local_serve(monkeypatch):
+    ran = run_cli("tasks", "list", "--help")
+    assert "127.0.0.1:8765" in ran.stdout

@@ -35,9 +35,13 @@ def image_b64() -> str:
     return base64.b64encode(png_bytes()).decode()
 
 
-@pytest.fixture
-def local_server() -> Iterator[Callable[..., LocalServer]]:
-    """Start a LocalServer with the test keys and fast settings; extra kwargs override."""
+@pytest.fixture(params=["object", "list"], ids=["query-object", "query-list"])
+def local_server(request: pytest.FixtureRequest) -> Iterator[Callable[..., LocalServer]]:
+    """Start a LocalServer with the test keys and fast settings; extra kwargs override.
+
+    Every test runs twice: with the single-task query answering `data` as the task object
+    (what the real clients read) and as a list of one (the documentation's example).
+    """
     servers: list[LocalServer] = []
 
     def start(**overrides: Any) -> LocalServer:
@@ -49,6 +53,7 @@ def local_server() -> Iterator[Callable[..., LocalServer]]:
             "concurrency": 10,
             "seed": 0,
             "fill_method": "fast",
+            "query_shape": request.param,
         }
         settings.update(overrides)
         server = LocalServer(**settings).start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import importlib.metadata
 import json
 
 import pytest
@@ -188,7 +189,8 @@ def test_create_request_on_the_wire(make_client, image_b64):
     assert task.task_id == "t1"  # code 0 without a task: looked up, found, not re-posted
     post, lookup = server.seen
     assert post.headers["Content-Type"] == "application/json"
-    assert post.headers["User-Agent"].startswith("kling-expand-plugin/0.1.0")
+    version = importlib.metadata.version("kling-expand-plugin")
+    assert post.headers["User-Agent"].startswith(f"kling-expand-plugin/{version} ")
     scheme, _, token = post.headers["Authorization"].partition(" ")
     assert scheme == "Bearer" and token.count(".") == 2
     body = json.loads(post.body)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import pickle
 import time
 
@@ -101,6 +102,26 @@ def test_retry_after_is_honoured(make_client):
         started = time.monotonic()
         make_client(url).get("t1")
     assert time.monotonic() - started >= 0.3
+
+
+def test_retry_after_as_an_http_date_is_honoured(make_client):
+    when = email.utils.formatdate(time.time() + 2, usegmt=True)  # whole seconds: 1 to 2 s
+    answers = sequence(
+        Answer(429, envelope(1302).body, {"Retry-After": when}), envelope(0, task_json())
+    )
+    with scripted_server(answers) as (url, _server):
+        started = time.monotonic()
+        make_client(url).get("t1")
+    assert time.monotonic() - started >= 0.9
+
+
+def test_retry_after_forms():
+    from kling_expand_plugin.retry import retry_after_seconds
+
+    assert retry_after_seconds("7") == 7.0
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412490.0) == 0.0
+    assert retry_after_seconds("soon") is None and retry_after_seconds("-3") is None
 
 
 def test_retry_after_beyond_the_deadline_gives_up_at_once(make_client):

@@ -107,7 +107,7 @@ def test_a_short_test_key_signs_without_a_warning():
     import subprocess
     import sys
 
-    code = "from kling_expand_plugin.auth import Credentials; Credentials('ak', 'sk').bearer_token()"
+    code = "from kling_expand_plugin.auth import Credentials as C; C('ak', 'sk').bearer_token()"
     ran = subprocess.run(
         [sys.executable, "-W", "default", "-c", code], capture_output=True, text=True, timeout=60
     )

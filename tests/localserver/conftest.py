@@ -113,12 +113,19 @@ class Api:
         )
 
     def task(self, task_id: str) -> dict[str, Any]:
-        response = self.get(f"{EXPAND}/{task_id}")
+        return self.one(f"{EXPAND}/{task_id}")
+
+    def one(self, path: str) -> dict[str, Any]:
+        """The task a single-task query answers, in the server's query shape."""
+        response = self.get(path)
         assert response.status_code == 200, response.text
         payload = response.json()
         assert payload["code"] == 0
-        assert isinstance(payload["data"], list) and len(payload["data"]) == 1
-        return payload["data"][0]
+        if self.server.query_shape == "list":
+            assert isinstance(payload["data"], list) and len(payload["data"]) == 1
+            return payload["data"][0]
+        assert isinstance(payload["data"], dict)
+        return payload["data"]
 
     def wait_final(self, task_id: str, timeout: float = 10.0) -> dict[str, Any]:
         """Poll until the task succeeds or fails (bounded)."""

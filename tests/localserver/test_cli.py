@@ -18,7 +18,7 @@ import requests
 from kling_expand_plugin.cli import main
 from kling_expand_plugin.localserver.faults import FAULTS
 
-from .conftest import ACCESS_KEY, EXPAND, SECRET_KEY, auth_headers, make_token
+from .conftest import ACCESS_KEY, EXPAND, SECRET_KEY, auth_headers, create_body, make_token
 
 
 class Served:
@@ -109,6 +109,34 @@ def test_serve_without_keys_warns_and_accepts_any_token():
     assert served.process.returncode == 0
 
 
+def test_serve_query_shape_connection_limit_and_reused_ids():
+    with _serve(
+        "--access-key",
+        ACCESS_KEY,
+        "--secret-key",
+        SECRET_KEY,
+        "--fill",
+        "fast",
+        "--query-shape",
+        "list",
+        "--max-connections",
+        "3",
+        "--accept-reused-ids",
+    ) as (served, url):
+        body = create_body(external_task_id="again")
+        first, second = (
+            requests.post(url + EXPAND, json=body, headers=auth_headers(), timeout=5)
+            for _ in range(2)
+        )
+        assert first.json()["code"] == second.json()["code"] == 0
+        data = requests.get(url + f"{EXPAND}/again", headers=auth_headers(), timeout=5).json()
+        assert data["data"][0]["task_id"] == second.json()["data"]["task_id"]
+        stats = requests.get(url + "/local/stats", timeout=5).json()
+        assert stats["creates_by_external_id"] == {"again": 2}
+        assert stats["connections"]["limit"] == 3
+    assert served.process.returncode == 0
+
+
 def test_help_lists_every_fault(capsys):
     with pytest.raises(SystemExit) as exited:
         main(["serve", "--help"])
@@ -127,6 +155,8 @@ def test_help_lists_every_fault(capsys):
         ["serve", "--latency", "soon"],
         ["serve", "--access-key", "only-the-access-key"],
         ["serve", "--fill", "nope"],
+        ["serve", "--query-shape", "tuple"],
+        ["serve", "--max-connections", "0"],
         [],
     ],
 )

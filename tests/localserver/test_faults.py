@@ -64,8 +64,7 @@ def test_slow_create_answers_after_the_client_gave_up_but_creates(make_api):
     with pytest.raises(requests.Timeout):
         api.create(create_body(external_task_id="slow"), timeout=0.3)
     assert _created(api.server, "slow")
-    response = api.get(f"{EXPAND}/slow")
-    assert response.json()["data"][0]["task_info"]["external_task_id"] == "slow"
+    assert api.one(f"{EXPAND}/slow")["task_info"]["external_task_id"] == "slow"
 
 
 def test_drop_before_closes_without_creating(make_api):

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from kling_expand_plugin.geometry import Ratios, canvas_for
+from kling_expand_plugin.localserver import LocalServer
 
 from .conftest import EXPAND, b64, create_body, image_bytes, wait_until
 
@@ -97,15 +98,28 @@ def test_latency_drawn_from_a_distribution(make_api):
     assert len(draws) == 3 and len(set(draws)) == 3
 
 
-def test_query_by_task_id_external_id_in_path_and_in_query_string(api):
+@pytest.mark.parametrize("shape", ["object", "list"])
+def test_query_by_task_id_external_id_in_path_and_in_query_string(make_api, shape):
+    api = make_api(query_shape=shape)
     task_id = _create(api, external_task_id="my-job")["task_id"]
     for path in (f"{EXPAND}/{task_id}", f"{EXPAND}/my-job", f"{EXPAND}?external_task_id=my-job"):
-        response = api.get(path)
-        assert response.status_code == 200
-        data = response.json()["data"]
-        assert isinstance(data, list) and len(data) == 1
-        assert data[0]["task_id"] == task_id
-        assert data[0]["task_info"]["external_task_id"] == "my-job"
+        data = api.get(path).json()["data"]
+        assert isinstance(data, dict if shape == "object" else list)
+        task = api.one(path)  # checks the shape
+        assert task["task_id"] == task_id
+        assert task["task_info"]["external_task_id"] == "my-job"
+
+
+def test_the_list_answers_a_list_whatever_the_query_shape(make_api):
+    api = make_api(query_shape="object")
+    task_id = _create(api)["task_id"]
+    data = api.get(f"{EXPAND}?pageNum=1&pageSize=5").json()["data"]
+    assert isinstance(data, list) and [task["task_id"] for task in data] == [task_id]
+
+
+def test_unknown_query_shape_is_refused():
+    with pytest.raises(ValueError, match="query_shape"):
+        LocalServer(query_shape="tuple")
 
 
 @pytest.mark.parametrize(
@@ -317,6 +331,4 @@ def test_external_id_with_reserved_characters_in_both_query_forms(api):
         f"{EXPAND}/{quote('batch 7/photo #3', safe='')}",
         f"{EXPAND}?external_task_id={quote('batch 7/photo #3', safe='')}",
     ):
-        response = api.get(path)
-        assert response.status_code == 200, response.text
-        assert response.json()["data"][0]["task_id"] == task_id
+        assert api.one(path)["task_id"] == task_id

@@ -1,6 +1,6 @@
 """Filling the expanded area around an original on the CPU, with numpy and Pillow only.
 
-"mirror-fade" is the method ../shared/local-fill.md recommends: the canvas is padded twice, by
+"mirror-fade" is the method docs/local-fill.md recommends: the canvas is padded twice, by
 mirroring the original and by repeating its edge pixels; the two are mixed with a weight
 exp(-d / 64) that favours the mirror near the original (d: distance in pixels to the original's
 rectangle); the mix is blurred with a Gaussian whose sigma grows with d (d / 2, at most 64), and
@@ -20,7 +20,7 @@ import math
 import numpy as np
 from PIL import Image, ImageFilter
 
-from ..geometry import Box, Canvas
+from .geometry import Box, Canvas
 
 METHODS = ("mirror-fade", "fast")
 

@@ -1,0 +1,299 @@
+"""Bounded by design: results in files, bodies read only once allowed and within a byte budget,
+a bounded number of connections and threads, and URL fetches with a deadline and a size cap."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import requests
+
+from kling_expand_plugin import limits
+
+from .conftest import EXPAND, auth_headers, create_body, make_token, wait_until
+
+
+def _create(api, **overrides) -> dict:
+    response = api.create(create_body(**overrides))
+    assert response.status_code == 200, response.text
+    return response.json()["data"]
+
+
+def _connect(server) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", server.port), timeout=5)
+
+
+def _answer(connection: socket.socket, timeout: float = 5.0) -> tuple[int, dict]:
+    """Read one HTTP answer from a raw connection: its status and JSON body."""
+    connection.settimeout(timeout)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = connection.recv(65536)
+        assert chunk, f"closed before an answer: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(
+        next(
+            line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+        ).split(b":")[1]
+    )
+    while len(body) < length:
+        chunk = connection.recv(65536)
+        assert chunk
+        body += chunk
+    return int(head.split()[1]), json.loads(body[:length])
+
+
+def _post_head(length: int, token: str) -> bytes:
+    return (
+        f"POST {EXPAND} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+# Results in files
+
+
+def test_results_are_files_streamed_expired_and_deleted_on_stop(make_api):
+    api = make_api(result_ttl=0.5)
+    task = api.wait_final(_create(api, n=2)["task_id"])
+    folder = api.server.store.folder
+    assert folder is not None
+    files = sorted(folder.rglob("*.png"))
+    assert len(files) == 2
+    on_disk = api.server.stats()["result_bytes_on_disk"]
+    assert on_disk == sum(path.stat().st_size for path in files) > 0
+    downloaded = [requests.get(image["url"], timeout=5) for image in task["task_result"]["images"]]
+    assert sorted(len(response.content) for response in downloaded) == sorted(
+        path.stat().st_size for path in files
+    )
+    assert {response.content for response in downloaded} == {path.read_bytes() for path in files}
+    wait_until(lambda: api.server.stats()["result_bytes_on_disk"] == 0)
+    assert not any(folder.rglob("*.png"))
+    api.server.stop()
+    assert not folder.exists()
+
+
+def test_thirty_results_are_on_disk_not_in_memory(make_api):
+    api = make_api(concurrency=100, latency=0.0)
+    ids = [_create(api, n=3)["task_id"] for _ in range(10)]
+    for task_id in ids:
+        api.wait_final(task_id)
+    store = api.server.store
+    held = [value for task in store._tasks.values() for value in task.images.values()]
+    assert len(held) == 30 and not any(isinstance(value, bytes) for value in held)
+    assert api.server.stats()["result_bytes_on_disk"] > 0
+
+
+def test_a_failed_task_leaves_no_files(make_api):
+    api = make_api(faults={"task-failed": 1.0})
+    api.wait_final(_create(api)["task_id"])
+    assert api.server.stats()["result_bytes_on_disk"] == 0
+
+
+# Refused before the body is read
+
+
+@pytest.mark.parametrize(
+    ("token", "length", "status", "code"),
+    [
+        pytest.param("not-a-jwt", 10_000_000, 401, 1002, id="bad token"),
+        pytest.param(None, 20 * 1024 * 1024, 413, 1200, id="over the cap"),
+    ],
+)
+def test_refused_before_a_single_body_byte_is_sent(api, token, length, status, code):
+    with _connect(api.server) as connection:
+        connection.sendall(_post_head(length, token or make_token()))
+        answered_status, payload = _answer(connection, timeout=3)
+    assert (answered_status, payload["code"]) == (status, code)
+    assert api.server.stats()["buffered_body_bytes"] == 0
+
+
+def test_a_refused_body_is_discarded_and_the_connection_kept(api):
+    session = requests.Session()
+    body = json.dumps(create_body(prompt="x" * 1000))
+    response = session.post(
+        api.url + EXPAND, data=body, headers={"Authorization": "Bearer bad"}, timeout=5
+    )
+    assert (response.status_code, response.json()["code"]) == (401, 1002)
+    response = session.post(api.url + EXPAND, data=body, headers=auth_headers(), timeout=5)
+    assert response.json()["code"] == 0
+    assert api.server.stats()["connections"]["max_open"] == 1  # one keep-alive connection
+
+
+# Bounded connections and threads
+
+
+def test_connections_beyond_the_limit_wait_then_get_5001(make_api):
+    api = make_api(max_connections=2)
+    api.server.connection_wait = 0.2
+    threads_before = threading.active_count()
+    idle = [_connect(api.server) for _ in range(2)]
+    wait_until(lambda: api.server.stats()["connections"]["open"] == 2)
+    with _connect(api.server) as extra:
+        extra.sendall(b"GET /local/stats HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, payload = _answer(extra)
+    assert (status, payload["code"]) == (503, 5001)
+    assert "2 connections" in payload["message"]
+    more = [_connect(api.server) for _ in range(10)]
+    time.sleep(0.3)
+    assert threading.active_count() <= threads_before + 2
+    for connection in idle + more:
+        connection.close()
+    wait_until(lambda: api.server.stats()["connections"]["open"] == 0, timeout=10)
+    stats = requests.get(api.url + "/local/stats", timeout=5).json()
+    assert stats["connections"]["max_open"] == 2 and stats["connections"]["refused"] >= 1
+
+
+def test_a_waiting_connection_is_served_when_one_frees(make_api):
+    api = make_api(max_connections=1)
+    api.server.connection_wait = 5.0
+    busy = _connect(api.server)
+    wait_until(lambda: api.server.stats()["connections"]["open"] == 1)
+    threading.Timer(0.3, busy.close).start()
+    started = time.monotonic()
+    response = requests.get(api.url + "/local/stats", timeout=5)
+    assert response.status_code == 200 and 0.2 < time.monotonic() - started < 4
+
+
+# Bounded bytes buffered
+
+
+def test_bodies_beyond_the_byte_budget_wait_then_get_5001(make_api):
+    api = make_api(max_body_bytes=100_000, max_buffered_bytes=100_000, body_wait=0.3)
+    with _connect(api.server) as holder:
+        holder.sendall(_post_head(80_000, make_token()) + b"{")  # and then stalls
+        wait_until(lambda: api.server.stats()["buffered_body_bytes"] == 80_000)
+        body = b"{" + b" " * 79_998 + b"}"
+        started = time.monotonic()
+        response = requests.post(api.url + EXPAND, data=body, headers=auth_headers(), timeout=5)
+        assert (response.status_code, response.json()["code"]) == (503, 5001)
+        assert time.monotonic() - started >= 0.3
+        holder.sendall(b" " * 79_998 + b"}")
+        assert _answer(holder)[1]["code"] == 1201  # a valid JSON object, without the fields
+    wait_until(lambda: api.server.stats()["buffered_body_bytes"] == 0)
+    response = requests.post(api.url + EXPAND, data=body, headers=auth_headers(), timeout=5)
+    assert response.json()["code"] == 1201
+
+
+def test_a_budget_smaller_than_one_body_is_refused():
+    from kling_expand_plugin.localserver import LocalServer
+
+    with pytest.raises(ValueError, match="max_buffered_bytes"):
+        LocalServer(max_body_bytes=1000, max_buffered_bytes=999)
+
+
+# The image URL fetch: a deadline in all and a size cap
+
+
+class Hostile:
+    """A loopback server whose bodies misbehave: dripped, endless, or announced too big."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        hostile = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"  # close-delimited bodies
+
+            def do_GET(self) -> None:
+                if self.path not in ("/drip", "/drip-endless", "/endless", "/huge"):
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                if self.path == "/drip":
+                    self.send_header("Content-Length", "1000")
+                elif self.path == "/huge":
+                    self.send_header("Content-Length", str(50 * 1024 * 1024))
+                self.end_headers()
+                try:
+                    if self.path in ("/drip", "/drip-endless"):
+                        hostile._write(self.wfile, b"\x89", count=400, pause=0.02)
+                    elif self.path == "/endless":
+                        hostile._write(self.wfile, b"\0" * 65536, count=1024, pause=0.0)
+                except OSError:
+                    pass  # the fetcher hung up, as it should
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def _write(self, out, piece: bytes, *, count: int, pause: float) -> None:
+        for _ in range(count):  # bounded: 8 s of dripping, or 64 MiB
+            if self.stop.is_set():
+                return
+            out.write(piece)
+            out.flush()
+            if pause:
+                time.sleep(pause)
+
+    def close(self) -> None:
+        self.stop.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def hostile() -> Iterator[Hostile]:
+    server = Hostile()
+    yield server
+    server.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "words"),
+    [
+        ("/drip", "within 0.5 s"),
+        ("/drip-endless", "within 0.5 s"),
+        ("/endless", f"more than {limits.MAX_FILE_BYTES} bytes"),
+        ("/huge", f"more than {limits.MAX_FILE_BYTES} bytes"),
+    ],
+)
+def test_image_url_fetch_has_a_deadline_and_a_size_cap(make_api, hostile, path, words):
+    api = make_api(fetch_timeout=0.5)
+    started = time.monotonic()
+    response = api.create(create_body(image=hostile.url + path))
+    elapsed = time.monotonic() - started
+    assert (response.status_code, response.json()["code"]) == (400, 1201)
+    assert words in response.json()["message"]
+    assert elapsed < 2.5, elapsed
+    assert sum(api.server.stats()["tasks"].values()) == 0
+
+
+def test_image_url_that_is_refused_or_unreachable_is_1201(make_api, hostile):
+    api = make_api(fetch_timeout=2)
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    for url in (hostile.url + "/missing", f"http://127.0.0.1:{port}/a.png"):
+        response = api.create(create_body(image=url))
+        assert response.json()["code"] == 1201
+        assert "could not be downloaded" in response.json()["message"]
+
+
+# accept_reused_ids
+
+
+def test_accept_reused_ids_makes_a_new_paid_task(make_api):
+    api = make_api(accept_reused_ids=True)
+    first = _create(api, external_task_id="twice", n=2)
+    second = _create(api, external_task_id="twice", n=2)
+    assert first["task_id"] != second["task_id"]
+    for task_id in (first["task_id"], second["task_id"]):
+        api.wait_final(task_id)
+    assert api.one(f"{EXPAND}/twice")["task_id"] == second["task_id"]  # the newest
+    stats = api.server.stats()
+    assert stats["creates_by_external_id"] == {"twice": 2}
+    assert stats["create_attempts_by_external_id"] == {"twice": 2}
+    assert stats["units_charged"] == 4
