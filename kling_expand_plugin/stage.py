@@ -85,6 +85,7 @@ RESULT_FIELDS = (
     "canvas",
     "box",
     "mask",
+    "preview",
     "upload",
 )
 """The keys of every result's `metadata["outpaint"]`."""
@@ -448,7 +449,9 @@ class OutpaintStage:
         )
         width, height = decoded.original.size
         canvas = Canvas(width, height, Box(0, 0, width, height))
-        metadata = self._metadata(item, 0, [], plan, upload, canvas, unchanged=True)
+        metadata = self._metadata(
+            item, 0, [], plan, upload, canvas, decoded.original, unchanged=True
+        )
         return Item(result_key(name, 0, extension), data, media_type, metadata)
 
     def _stitched(
@@ -477,7 +480,7 @@ class OutpaintStage:
                 image, source, self.output, self.fit_options.background
             )
             metadata = self._metadata(
-                item, variant, outcomes, plan, upload, canvas, variants=len(variants)
+                item, variant, outcomes, plan, upload, canvas, image, variants=len(variants)
             )
             key = result_key(name, variant, extension)
             results.append(Item(key, encoded, media_type, metadata))
@@ -491,6 +494,7 @@ class OutpaintStage:
         plan: Plan,
         upload: Upload,
         canvas: Canvas,
+        image: Image.Image,
         *,
         variants: int = 1,
         unchanged: bool = False,
@@ -510,6 +514,7 @@ class OutpaintStage:
             "canvas": [canvas.width, canvas.height],
             "box": list(canvas.box.as_tuple()),
             "mask": _png(generated_mask(canvas)),
+            "preview": _preview(image),
             "upload": _upload_metadata(upload, plan),
         }
         assert set(outpaint) == set(RESULT_FIELDS)
@@ -655,6 +660,21 @@ def _open(data: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(data))
     image.load()
     return image
+
+
+PREVIEW_SIZE = (512, 320)
+"""The largest preview kept with a result: twice the report's thumbnail, made from the pixels
+at hand so that the report need not decode the result again."""
+
+
+def _preview(image: Image.Image) -> bytes:
+    """A small JPEG of `image` (what the report shows)."""
+    factor = max(1, min(image.width // PREVIEW_SIZE[0], image.height // PREVIEW_SIZE[1]))
+    small = image.reduce(factor).convert("RGB")  # cheap: a box filter over whole blocks
+    small.thumbnail(PREVIEW_SIZE, Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    small.save(buffer, "JPEG", quality=85)
+    return buffer.getvalue()
 
 
 def _png(image: Image.Image) -> bytes:
