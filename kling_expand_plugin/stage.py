@@ -223,7 +223,7 @@ class OutpaintStage:
                 itertools.takewhile(lambda _: not self._cancelled.is_set(), items),
                 window=window,
                 ordered=self.order == "input",
-                reorder_limit=2 * window,
+                reorder_limit=window,
             )
             try:
                 for item, future in results:
@@ -361,7 +361,7 @@ class OutpaintStage:
         decoded: Decoded,
         upload: Upload,
         plan: Plan,
-        variants: list[bytes],
+        variants: list[Path | bytes],
         outcomes: list[Outcome],
     ) -> list[Item]:
         """One result item per variant: the API's output stitched onto the original."""
@@ -407,13 +407,13 @@ class OutpaintStage:
         upload: Upload,
         plan: Plan,
         sizes: list[tuple[int, int]],
-    ) -> tuple[list[bytes], list[Outcome]]:
+    ) -> tuple[list[Path | bytes], list[Outcome]]:
         """The last call's output for each variant (n from the first call, one call each
         after), as the API sent them."""
         outcomes: list[Outcome] = []
         inputs = [upload.image_field()]
         for number, ratios in enumerate(plan.passes):
-            outputs: list[bytes] = []
+            outputs: list[Path | bytes] = []
             for image_field in inputs:
                 request = ExpandRequest(
                     image=image_field,
@@ -507,8 +507,8 @@ def _upload_metadata(upload: Upload, plan: Plan) -> dict[str, Any]:
     }
 
 
-def _open(data: bytes) -> Image.Image:
-    image = Image.open(io.BytesIO(data))
+def _open(source: Path | bytes) -> Image.Image:
+    image = Image.open(source if isinstance(source, Path) else io.BytesIO(source))
     image.load()
     return image
 
