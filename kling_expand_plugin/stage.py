@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
 import dataclasses
+import functools
 import io
 import itertools
 import logging
@@ -174,6 +176,7 @@ class OutpaintStage:
         self._times = (0.0, 0.0)
         self._cancelled = threading.Event()
         self.cpu_workers = _cores()
+        _return_large_buffers()
         self._cpu = threading.BoundedSemaphore(self.cpu_workers)
 
     def cancel(self) -> None:
@@ -446,6 +449,20 @@ class OutpaintStage:
             with self._cpu_worker(runner):
                 inputs = [_next_input(_open(output), sizes[number]) for output in outputs]
         raise AssertionError("unreachable: the loop returns after the last pass")
+
+
+@functools.cache
+def _return_large_buffers() -> None:
+    """Have glibc give large freed buffers (decoded images: 144 MB for a 48 MP canvas) back
+    to the system at once. By default it raises its mmap threshold after a large free and keeps
+    later ones in its heaps, so a process's peak grows with the images it has seen, not with
+    what is live (measured: 4 photos, 1756 MiB by default, 1423 MiB so)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc
+        return
+    m_mmap_threshold = -3
+    libc.mallopt(m_mmap_threshold, 1 << 20)
 
 
 def _cores() -> int:
