@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import time
@@ -12,6 +13,7 @@ from .manager import make_plugin_manager
 from .runner import run_pipeline
 
 EXIT_OK, EXIT_ITEM_ERRORS, EXIT_CONFIG = 0, 1, 2
+log = logging.getLogger("imgpipe")
 
 
 class _ErrorCounter(logging.Handler):
@@ -56,8 +58,16 @@ def main(argv: list[str] | None = None) -> int:
         counter = _ErrorCounter()
         logging.getLogger().addHandler(counter)
         started, count = time.monotonic(), 0
-        for _ in run_pipeline(registry, args.config):
-            count += 1
+        try:
+            with contextlib.closing(run_pipeline(registry, args.config)) as stream:
+                for _ in stream:
+                    count += 1
+        except PipelineError:
+            raise
+        except Exception as exc:  # a stage stopped the run: every stage is closed by now
+            log.error("the pipeline stopped: %s: %s", type(exc).__name__, exc)
+            print(f"imgpipe: stopped after {count} items: {exc}", file=sys.stderr)
+            return EXIT_ITEM_ERRORS
         elapsed = time.monotonic() - started
         print(f"{count} items out of the pipeline in {elapsed:.1f} s; {counter.count} errors")
         return EXIT_ITEM_ERRORS if counter.count else EXIT_OK

@@ -1,8 +1,14 @@
-"""Building a pipeline from its config and streaming items through it."""
+"""Building a pipeline from its config, checking it, and streaming items through it.
+
+A stage is a callable over items. It may also offer, for the checks made before any work:
+`preview(items) -> items`, the items it would yield for those (keys and metadata, without
+doing the work), and `check(items)`, which raises `ConfigError` if it cannot take them (say,
+two would be written to one file); `items` is None where a stage before offers no preview.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from pathlib import Path
 
 from .config import StageConfig, load_config
@@ -22,14 +28,45 @@ def build_pipeline(registry: StageRegistry, config: list[StageConfig]) -> list[S
     return stages
 
 
-def run_stages(stages: list[Stage], items: Iterable[Item] = ()) -> Iterator[Item]:
-    """Chain the stages lazily: each pulls from the one before it."""
+def check_pipeline(stages: list[Stage], items: Iterable[Item] = ()) -> None:
+    """The checks the stages offer, on the items they would see; ConfigError names the stage."""
+    seen: list[Item] | None = list(items)
+    for number, stage in enumerate(stages, start=1):
+        check = getattr(stage, "check", None)
+        if check is not None:
+            try:
+                check(seen)
+            except ConfigError as exc:
+                raise ConfigError(f"stage #{number}: {exc}") from exc
+        preview = getattr(stage, "preview", None)
+        seen = list(preview(seen)) if seen is not None and preview is not None else None
+
+
+def run_stages(stages: list[Stage], items: Iterable[Item] = ()) -> Generator[Item, None, None]:
+    """Chain the stages lazily: each pulls from the one before it. When the stream ends, fails
+    or is closed, every stage is closed at once, last first, so each can stop its work."""
+    streams: list[Iterable[Item]] = []
     stream: Iterable[Item] = items
     for stage in stages:
         stream = stage(stream)
-    return iter(stream)
+        streams.append(stream)
+    return _closing_all(iter(stream), streams)
 
 
-def run_pipeline(registry: StageRegistry, config_path: str | Path) -> Iterator[Item]:
-    """Read a config file, build its stages and stream items through them."""
-    return run_stages(build_pipeline(registry, load_config(config_path)))
+def _closing_all(
+    stream: Iterator[Item], streams: list[Iterable[Item]]
+) -> Generator[Item, None, None]:
+    try:
+        yield from stream
+    finally:
+        for each in reversed(streams):
+            close = getattr(each, "close", None)
+            if close is not None:
+                close()
+
+
+def run_pipeline(registry: StageRegistry, config_path: str | Path) -> Generator[Item, None, None]:
+    """Read a config file, build and check its stages, and stream items through them."""
+    stages = build_pipeline(registry, load_config(config_path))
+    check_pipeline(stages)
+    return run_stages(stages)

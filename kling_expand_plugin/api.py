@@ -28,8 +28,9 @@ Source = str | os.PathLike[str] | bytes | Image.Image
 class Expanded(NamedTuple):
     """One input of a batch: its key, its result images, and the error if it failed.
 
-    `metadata` holds each image's `metadata["outpaint"]` (canvas, box, passes, units, ...).
-    An input that already had the target shape comes back as itself, with no task.
+    `metadata` holds each image's `metadata["outpaint"]`, with the same keys for every result
+    (canvas, box, passes, units, unchanged, ...). An input that already had the target shape
+    comes back as one image, itself, with no task (`unchanged` is true).
     """
 
     key: str
@@ -189,9 +190,10 @@ def _items(images: Iterable[Source] | Mapping[str, Source]) -> Iterator[Item]:
     seen: set[str] = set()
     for index, (key, image) in enumerate(pairs):
         item = to_item(image, key)
-        if item.key in seen:
-            path = PurePosixPath(item.key)
-            item.key = f"{path.stem}-{index}{path.suffix}"
+        path, tag = PurePosixPath(item.key), str(index)
+        while item.key in seen:  # a repeated name: its position, then more, until it is new
+            item.key = f"{path.stem}-{tag}{path.suffix}"
+            tag += "-1"
         seen.add(item.key)
         yield item
 

@@ -4,14 +4,15 @@ setup, and run the local Kling-compatible server. `kling-expand COMMAND --help` 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import os
 import random
 import secrets
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +26,7 @@ from urllib.parse import urlsplit
 import requests
 
 from hooks import ConfigError, Item
+from hooks.files import ExistsError, clean_leftovers, write_atomically
 from hooks.stages.load import load
 
 from . import ledger as ledger_module
@@ -49,8 +51,16 @@ from .localserver import LocalServer
 from .localserver.faults import FAULTS
 from .localserver.server import MAX_CONNECTIONS, QUERY_SHAPES
 from .models import Task
+from .output import (
+    NAME_METADATA,
+    OUTPUT_FORMATS,
+    Namer,
+    estimated_bytes,
+    megabytes,
+    result_key,
+)
 from .plan import ANCHORS, ASPECT_POLICIES, MAX_AREA, PlanError, parse_aspect, ratios_for_aspect
-from .prepare import ANIMATED_POLICIES, FitError, decode, prepare
+from .prepare import ANIMATED_POLICIES, FitError, prepare
 from .progress import Progress
 from .report import ContactSheet, format_ratios
 from .stage import OutpaintStage
@@ -199,6 +209,7 @@ def _add_expand(
     expand.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders, globs, URLs")
     expand.add_argument("--out", "-o", required=True, metavar="DIR", help="where to write")
     _add_target_options(expand)
+    _add_format_options(expand)
     run = expand.add_argument_group("running")
     run.add_argument(
         "--endpoint",
@@ -237,6 +248,34 @@ def _add_expand(
     run.add_argument("--callback-url", metavar="URL", help="the public URL of --callback")
     run.add_argument("--local-latency", type=float, help="seconds a local task takes (default 1)")
     run.add_argument("--json", action="store_true", help="print one JSON document at the end")
+    output = expand.add_argument_group(
+        "output",
+        "Each result is DIR/<name>-<variant>.<ext>, <name> the input's name without its "
+        "extension, or with it when an earlier input took that name (photo.jpg, then "
+        "photo.png: photo-0.jpg, photo.png-0.png). An existing file is never replaced unless "
+        "--overwrite; --skip-existing leaves out the inputs whose results are all there.",
+    )
+    exists = output.add_mutually_exclusive_group()
+    exists.add_argument("--overwrite", action="store_true", help="replace existing results")
+    exists.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="send no input whose results are all in DIR already (resume a folder)",
+    )
+
+
+def _add_format_options(parser: argparse.ArgumentParser) -> None:
+    formats = parser.add_argument_group("format")
+    formats.add_argument(
+        "--format",
+        choices=OUTPUT_FORMATS,
+        help="results as png, jpeg or webp; auto (default) keeps the input's own format when "
+        "it is JPEG, PNG or WebP, else PNG",
+    )
+    formats.add_argument("--quality", type=int, help="JPEG and WebP quality, 1..100 (default 92)")
+    formats.add_argument(
+        "--png-compression", type=int, help="PNG zlib level, 0..9 (default 1: fast)"
+    )
 
 
 def _add_target_options(parser: argparse.ArgumentParser) -> None:
@@ -296,6 +335,7 @@ def _add_plan(
     )
     plan.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders, globs, URLs")
     _add_target_options(plan)
+    _add_format_options(plan)
     plan.add_argument("--json", action="store_true", help="print a JSON list, one per input")
 
 
@@ -303,23 +343,35 @@ def expand_command(args: argparse.Namespace) -> int:
     """Run the stage over the inputs, write the results and the report."""
     on_error = "raise" if args.fail_fast else "passthrough"
     stage = OutpaintStage(**_stage_options(args, endpoint=True), on_error=on_error)
-    items = _input_items(args.inputs)
+    out = Path(args.out)
+    items = _input_items(args.inputs, exclude=out)
     if stage.endpoint != "local":
         _check_reachable(stage.endpoint)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    sheet = ContactSheet(out, title=f"kling-expand: {len(items)} inputs", settings=_settings(args))
+    existing = _check_destination(out, items, stage, args)
+    if not args.skip_existing:
+        existing = {}  # --overwrite: sent and written again
+    total = len(items)
+    title = f"kling-expand: {_count(total, 'input')}"
+    sheet = ContactSheet(out, title=title, settings=_settings(args))
+    for item in items:
+        if item.key in existing:
+            sheet.add_existing(item.key, existing[item.key], item)
+    items = [item for item in items if item.key not in existing]
     sources = {item.key: item for item in items}
     n = stage.n
-    records: list[dict[str, Any]] = []
+    records = [_existing_record(key, paths) for key, paths in existing.items()]
+    unwritten = 0
     error: BaseException | None = None
     progress = Progress(lambda: stage.summary, total=len(items), n=n)
+    if args.skip_existing and existing and not args.json and not args.quiet:
+        print(f"{_count(len(existing), 'input')} left out: their results are in {out} already")
     with progress, _logging_through(progress.handler(LOG_FORMAT)), _stopping_on_ctrl_c(stage):
         try:
             for key, outputs in by_source(stage(items)):
-                written = [(item, _write_result(out, item)) for item in outputs]
+                written = _write_results(out, outputs, overwrite=args.overwrite)
                 sheet.add(key, written, sources.get(key))
                 record = _record(key, written)
+                unwritten += record["status"] == "failed" and failure_of(outputs[0]) is None
                 records.append(record)
                 if not args.json and not args.quiet:
                     progress.echo(_record_line(record), sys.stdout)
@@ -327,18 +379,22 @@ def expand_command(args: argparse.Namespace) -> int:
             if not args.fail_fast:
                 raise
             error = exc
-    summary = stage.summary
-    html_path, png_path = sheet.write(summary)
+        finally:  # interrupted or not, the report shows what is on disk
+            summary = stage.summary
+            summary["done"] -= unwritten  # done by the stage, but not written: failed here
+            summary["failed"] += unwritten
+            summary["existing"] = len(existing)
+            html_path, png_path = sheet.write(summary)
     report = {"html": str(html_path), "png": str(png_path)}
     if error is not None:
         print(f"kling-expand: stopped: {error}", file=sys.stderr)
     if args.json:
         _print_json({"inputs": records, "summary": summary, "report": report})
     else:
-        inputs = f"{len(items)} input{'' if len(items) == 1 else 's'}"
+        there = f", {len(existing)} already there" if existing else ""
         print(
-            f"{inputs}: {summary['done']} done, {summary['failed']} failed, "
-            f"{summary['skipped']} skipped (budget); {summary['results']} results; "
+            f"{_count(total, 'input')}: {summary['done']} done, {summary['failed']} failed, "
+            f"{summary['skipped']} skipped (budget){there}; {summary['results']} results; "
             f"{summary['units']:g} units; {summary['seconds']:.1f} s"
         )
         print(f"report: {html_path} (picture: {png_path})")
@@ -418,6 +474,12 @@ def _plan_of(item: Item, stage: OutpaintStage) -> dict[str, Any]:
         "tasks": 1 + stage.n * (passes - 1) if passes else 0,
         "slots": stage.n if passes else 0,
         "estimated_units": stage.n * passes,
+        "format": stage.output.pillow_format(decoded.format).lower(),
+        "estimated_bytes": estimated_bytes(
+            canvas.width * canvas.height,
+            stage.n if passes else 1,
+            stage.output.pillow_format(decoded.format),
+        ),
     }
 
 
@@ -440,8 +502,12 @@ def _plan_lines(plan: dict[str, Any]) -> list[str]:
         f"  upload:  {upload['width']} x {upload['height']} {upload['format']}, "
         f"scale {upload['scale']:g}; {'; '.join(upload['changes'])}",
     ]
+    disk = (
+        f"  disk:    about {megabytes(plan['estimated_bytes'])} as {plan['format'].upper()} "
+        "(an estimate)"
+    )
     if not plan["passes"]:
-        return [*lines, "  already the target shape: no call"]
+        return [*lines, "  already the target shape: no call, copied", disk]
     for number, ratios in enumerate(plan["passes"], start=1):
         lines.append(f"  call {number}/{len(plan['passes'])}: {format_ratios(ratios)}")
     left, top, right, bottom = plan["box"]
@@ -452,6 +518,7 @@ def _plan_lines(plan: dict[str, Any]) -> list[str]:
         + (f", then resized to {resized[0]} x {resized[1]}" if resized else ""),
         f"  cost:    {plan['tasks']} task(s), {plan['slots']} slot(s) each while running, "
         f"about {plan['estimated_units']} unit(s) (an estimate: the API reports the real figure)",
+        disk,
     ]
     return lines
 
@@ -471,6 +538,9 @@ def _stage_options(args: argparse.Namespace, *, endpoint: bool) -> dict[str, Any
         "background",
         "max_pixels",
         "max_upload_pixels",
+        "format",
+        "quality",
+        "png_compression",
     ]
     if endpoint:
         names += [
@@ -501,24 +571,29 @@ def _settings(args: argparse.Namespace) -> dict[str, str]:
     return {name: str(getattr(args, name)) for name in shown if getattr(args, name) is not None}
 
 
-def _input_items(inputs: list[str]) -> list[Item]:
-    """Items for the files, folders, globs and URLs named. Every file is handed on, whatever its
-    extension: the stage decides what is an image, and reports what is not."""
+def _input_items(inputs: list[str], exclude: Path | None = None) -> list[Item]:
+    """Items for the files, folders, globs and URLs named (but none from `exclude`, the output
+    folder, so results are never fed back in), each with its result name. Every file is
+    handed on, whatever its extension: the stage decides what is an image."""
     try:
-        stage = load(paths=inputs)
+        stage = load(paths=inputs, exclude=[str(exclude)] if exclude else None)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
     items: list[Item] = []
     keys: set[str] = set()
+    names = Namer()
     for item in stage([]):
         if isinstance(item.image, Path):
             item.key = _safe_key(item.key)
         else:
             item.key = url_name(str(item.image))
-        if item.key in keys:
-            stem, suffix = os.path.splitext(item.key)
-            item.key = f"{stem}-{len(items)}{suffix}"
+        stem, suffix = os.path.splitext(item.key)
+        tag = str(len(items))
+        while item.key in keys:
+            item.key = f"{stem}-{tag}{suffix}"
+            tag += "-1"
         keys.add(item.key)
+        item.metadata[NAME_METADATA] = names.name(item.key)
         items.append(item)
     if not items:
         raise UsageError(f"no files in {', '.join(inputs)}")
@@ -531,25 +606,91 @@ def _safe_key(key: str) -> str:
     return PurePosixPath(*parts).as_posix() if parts else "image"
 
 
-def _write_result(out: Path, item: Item) -> Path | None:
-    """Write a result (or an input handed on unchanged, as PNG) to --out; None for a failure."""
-    if failure_of(item) is not None:
-        return None
-    data = item.read_bytes()
-    key = item.key
-    if "skipped" in item.metadata.get("outpaint", {}):  # already the target shape: a copy
-        stem = PurePosixPath(key).with_suffix("").as_posix()
-        key = f"{stem}-0.png"
-        decoded = decode(item)  # upright, 8-bit (PNG holds no float or 16-bit colour)
-        buffer = io.BytesIO()
-        decoded.original.save(buffer, "PNG", icc_profile=decoded.icc_profile)
-        data = buffer.getvalue()
-    path = out / key
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.part")
-    temporary.write_bytes(data)
-    temporary.replace(path)
-    return path
+def _check_destination(
+    out: Path, items: list[Item], stage: OutpaintStage, args: argparse.Namespace
+) -> dict[str, list[Path]]:
+    """Before anything is sent: --out can be written and has room for the results (an
+    estimate), and no result would replace a file unless --overwrite. Returns the inputs
+    whose results are all there already (key to paths), which --skip-existing leaves out."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as exc:
+        raise UsageError(f"--out {out} cannot be written: {exc.strerror}") from None
+    for path in clean_leftovers(out):
+        logging.getLogger(__name__).info("removed %s, left by a run that was killed", path)
+    complete: dict[str, list[Path]] = {}
+    clashes: list[Path] = []
+    needed = 0
+    for item in items:
+        try:
+            extension, size = stage.expected(item)
+        except Exception:  # not an image: it fails later with its own error, writing nothing
+            continue
+        name = str(item.metadata[NAME_METADATA])
+        paths = [out / result_key(name, v, extension) for v in range(stage.n)]
+        there = [path for path in paths if path.exists()]
+        if there and (len(there) == len(paths) or _unchanged_copy(item, stage, there, paths)):
+            complete[item.key] = there
+        clashes += there
+        if not (args.skip_existing and item.key in complete):
+            needed += size
+    if clashes and not (args.overwrite or args.skip_existing):
+        raise UsageError(
+            f"{_count(len(clashes), 'result')} would replace files in {out} (the first: "
+            f"{clashes[0]}): pass --skip-existing to leave out the inputs already done, "
+            "--overwrite to replace them, or choose another --out"
+        )
+    free = shutil.disk_usage(out).free
+    if needed > free:
+        raise UsageError(
+            f"--out {out} has {megabytes(free)} free; the results need about "
+            f"{megabytes(needed)} (an estimate): free some space or choose another --out"
+        )
+    return complete
+
+
+def _unchanged_copy(item: Item, stage: OutpaintStage, there: list[Path], paths: list[Path]) -> bool:
+    """Whether the one result there is the copy of an input already of the target shape."""
+    if there != paths[:1]:
+        return False
+    try:
+        return prepare(item, stage.target, stage.fit_options)[2].is_empty
+    except FitError:
+        return False
+
+
+def _existing_record(key: str, paths: list[Path]) -> dict[str, Any]:
+    results = [{"path": str(path)} for path in paths]
+    return {"key": key, "status": "exists", "units": 0.0, "results": results}
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def _write_results(
+    out: Path, outputs: list[Item], *, overwrite: bool
+) -> list[tuple[Item, Path | None]]:
+    """Write an input's results to --out (nothing for a failed input). A result that cannot
+    be written fails its input with the reason; the rest of the batch goes on."""
+    if failure_of(outputs[0]) is not None:
+        return [(outputs[0], None)]
+    written: list[tuple[Item, Path | None]] = []
+    for item in outputs:
+        path = out / item.key
+        try:
+            write_atomically(path, item.read_bytes(), overwrite=overwrite)
+        except OSError as exc:
+            reason = str(exc) if isinstance(exc, ExistsError) else f"{exc.strerror or exc}"
+            item.metadata.setdefault("outpaint", {})["write_error"] = (
+                f"{path} not written: {reason}; the result is kept in the ledger, so a run "
+                "with the same options writes it without paying again"
+            )
+            written.append((item, None))
+            continue
+        written.append((item, path))
+    return written
 
 
 def _record(key: str, written: list[tuple[Item, Path | None]]) -> dict[str, Any]:
@@ -557,13 +698,16 @@ def _record(key: str, written: list[tuple[Item, Path | None]]) -> dict[str, Any]
     first = written[0][0].metadata.get("outpaint", {})
     if "error" in first:
         return {"key": key, "status": "failed", "error": str(first["error"]), "results": []}
+    errors = [item.metadata["outpaint"]["write_error"] for item, path in written if path is None]
+    if errors:
+        return {"key": key, "status": "failed", "error": "; ".join(errors), "results": []}
     results = []
     for item, path in written:
         meta = item.metadata.get("outpaint", {})
         results.append(
             {"path": str(path), **{k: v for k, v in meta.items() if k not in ("mask", "upload")}}
         )
-    status = "unchanged" if "skipped" in first else "done"
+    status = "unchanged" if first.get("unchanged") else "done"
     units = float(first.get("units") or 0.0)
     return {"key": key, "status": status, "units": units, "results": results}
 
@@ -572,6 +716,8 @@ def _record_line(record: dict[str, Any]) -> str:
     if record["status"] == "failed":
         return f"{record['key']}: FAILED: {record['error']}"
     paths = ", ".join(result["path"] for result in record["results"])
+    if record["status"] == "exists":
+        return f"{record['key']}: left out, its results are there already: {paths}"
     if record["status"] == "unchanged":
         return f"{record['key']}: already the target shape, copied to {paths}"
     canvas = record["results"][0]["canvas"]

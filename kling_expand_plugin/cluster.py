@@ -294,6 +294,7 @@ class Outpaint:
         broker = ray.get(slots.stats.remote())
         options.setdefault("concurrency", broker["total"])
         options.setdefault("on_error", "passthrough")
+        options.setdefault("format", "png")  # the rows carry PNG bytes, whatever the input
         if broker["budget"] is not None:
             if options.get("budget") is not None:
                 raise ValueError("the broker holds the budget: give it to account_slots only")

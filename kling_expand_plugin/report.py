@@ -80,8 +80,8 @@ class ContactSheet:
             row.error = str(first["error"])
             row.original = self._original_from_source(number, source)
             return row
-        if "skipped" in first:
-            row.details.append(str(first["skipped"]))
+        if first.get("unchanged"):
+            row.details.append("already the target shape: copied, no task")
             item, path = outputs[0]
             image = _open(item.read_bytes())
             row.original = self._picture(number, 0, image, None, None, "original")
@@ -89,22 +89,42 @@ class ContactSheet:
             return row
         for index, (item, path) in enumerate(outputs, start=1):
             meta = item.metadata["outpaint"]
-            image = _open(item.read_bytes())
+            image, size = _open_small(item.read_bytes())
             left, top, right, bottom = meta["box"]
             box = (left, top, right, bottom)
             if row.original is None:
-                row.original = self._picture(number, 0, image.crop(box), None, None, "original")
-            caption = f"variant {meta['variant']}: {image.width} x {image.height}"
-            row.results.append(self._picture(number, index, image, path, box, caption))
+                scale = image.width / size[0]
+                shown = tuple(round(value * scale) for value in box)
+                row.original = self._picture(number, 0, image.crop(shown), None, None, "original")
+            caption = f"variant {meta['variant']}: {size[0]} x {size[1]}"
+            row.results.append(self._picture(number, index, image, path, box, caption, size))
         row.details = _details(first)
+        return row
+
+    def add_existing(self, key: str, paths: list[Path], source: Item | None) -> Row:
+        """Record an input whose results an earlier run wrote (`--skip-existing`)."""
+        row = Row(key, details=["results written by an earlier run; not sent again"])
+        number = len(self.rows)
+        self.rows.append(row)
+        row.original = self._original_from_source(number, source)
+        for index, path in enumerate(paths, start=1):
+            try:
+                image = _open(path.read_bytes())
+            except Exception:  # unreadable now: the row still names it
+                row.details.append(f"{path.name}: cannot be read for a preview")
+                continue
+            row.results.append(self._picture(number, index, image, path, None, path.name))
         return row
 
     def write(self, summary: dict[str, Any]) -> tuple[Path, Path]:
         """Write report.html and report.png into the folder; their paths."""
         html_path = self.folder / "report.html"
         png_path = self.folder / "report.png"
-        html_path.write_text(self._html(summary), encoding="utf-8")
-        self._sheet(summary).save(png_path)
+        sheet = self._sheet(summary)
+        _replace(html_path, self._html(summary).encode("utf-8"))
+        buffer = io.BytesIO()
+        sheet.save(buffer, "PNG")
+        _replace(png_path, buffer.getvalue())
         return html_path, png_path
 
     # -- thumbnails ----------------------------------------------------------------------------
@@ -117,12 +137,14 @@ class ContactSheet:
         link: Path | None,
         box: tuple[int, int, int, int] | None,
         caption: str,
+        size: tuple[int, int] | None = None,
     ) -> Picture:
+        """A thumbnail of `image`; `size` is the full image's, when `image` was decoded small."""
         thumb = self.files / f"{number}-{index}.jpg"
         small = image.convert("RGB")
         small.thumbnail(THUMB_SIZE, Image.Resampling.LANCZOS)
         small.save(thumb, "JPEG", quality=85)
-        return Picture(thumb, small.size, link, image.size, box, caption)
+        return Picture(thumb, small.size, link, size or image.size, box, caption)
 
     def _original_from_source(self, number: int, source: Item | None) -> Picture | None:
         """A preview of a failed input, when it can be read as an image at all."""
@@ -185,7 +207,8 @@ class ContactSheet:
         return f"<figure>{frame}<figcaption>{_e(picture.caption)}</figcaption></figure>"
 
     def _href(self, path: Path) -> str:
-        return quote(Path(os.path.relpath(path, self.folder)).as_posix())
+        # fsencode: a file name that is not UTF-8 is linked by its bytes, as the disk has it
+        return quote(os.fsencode(Path(os.path.relpath(path, self.folder)).as_posix()))
 
     # -- PNG -----------------------------------------------------------------------------------
 
@@ -218,7 +241,7 @@ class ContactSheet:
         y += LINE
         for row, lines in zip(shown, layouts, strict=True):
             draw.line((MARGIN, y - GAP // 2, width - MARGIN, y - GAP // 2), fill=(210, 210, 210))
-            draw.text((MARGIN, y), row.key, fill="black", font=bold)
+            draw.text((MARGIN, y), printable(row.key), fill="black", font=bold)
             y += LINE + 4
             pictures = ([row.original] if row.original else [None]) + list(row.results)
             for column, picture in enumerate(pictures):
@@ -264,8 +287,8 @@ def _draw_picture(
 
 def _row_lines(row: Row, chars: int) -> list[str]:
     if row.error:
-        return textwrap.wrap(f"failed: {row.error}", chars)[:4]
-    return [part for line in row.details for part in textwrap.wrap(line, chars)]
+        return textwrap.wrap(printable(f"failed: {row.error}"), chars)[:4]
+    return [part for line in row.details for part in textwrap.wrap(printable(line), chars)]
 
 
 def _details(meta: dict[str, Any]) -> list[str]:
@@ -291,13 +314,32 @@ def format_ratios(ratios: dict[str, float]) -> str:
 def _totals(summary: dict[str, Any]) -> str:
     return (
         f"{summary.get('done', 0)} done, {summary.get('failed', 0)} failed, "
-        f"{summary.get('skipped', 0)} skipped (budget); {summary.get('results', 0)} results; "
+        f"{summary.get('skipped', 0)} skipped (budget)"
+        + (f", {summary['existing']} already there" if summary.get("existing") else "")
+        + f"; {summary.get('results', 0)} results; "
         f"{summary.get('units', 0):g} units; {summary.get('seconds', 0):.1f} s"
     )
 
 
+def _replace(path: Path, data: bytes) -> None:
+    """Write `path` whole or not at all: an interrupt leaves the previous report, not half."""
+    temporary = path.with_name(f".{path.name}.part")
+    temporary.write_bytes(data)
+    temporary.replace(path)
+
+
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size)
+
+
+def _open_small(data: bytes) -> tuple[Image.Image, tuple[int, int]]:
+    """The image, decoded no larger than a thumbnail needs (a JPEG at 1/2 to 1/8 of its
+    size, at a fraction of the cost), and its full size."""
+    image = Image.open(io.BytesIO(data))
+    size = image.size
+    image.draft("RGB", (THUMB_SIZE[0] * 2, THUMB_SIZE[1] * 2))
+    image.load()
+    return image, size
 
 
 def _open(data: bytes) -> Image.Image:
@@ -307,7 +349,12 @@ def _open(data: bytes) -> Image.Image:
 
 
 def _e(text: str) -> str:
-    return html.escape(text, quote=True)
+    return html.escape(printable(text), quote=True)
+
+
+def printable(text: str) -> str:
+    """`text` as valid Unicode: bytes of a file name that were not UTF-8 shown as U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 _PAGE = """<!doctype html>

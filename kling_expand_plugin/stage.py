@@ -18,20 +18,42 @@ import time
 from collections.abc import Generator, Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 from PIL import Image, ImageColor
 
 from hooks import Item, OptionError
+from hooks.encoding import EXTENSIONS
+from hooks.stages.save import ESTIMATED_BYTES
 
 from . import limits
 from .auth import Credentials
 from .client import ExpandRequest, KlingClient, RetryPolicy
 from .download import DEFAULT_MAX_BYTES
 from .errors import CredentialsError
-from .geometry import Ratios, canvas_for
+from .geometry import Box, Canvas, Ratios, canvas_for
 from .ledger import LedgerError, is_database_url, normalise_endpoint, open_ledger
 from .ledger import default_path as default_ledger_path
-from .plan import MAX_AREA, Plan, PlanError, Target, parse_anchor, parse_aspect, parse_size
+from .output import (
+    NAME_METADATA,
+    OUTPUT_FORMATS,
+    Namer,
+    OutputFormat,
+    Source,
+    encode_result,
+    estimated_bytes,
+    result_key,
+)
+from .plan import (
+    MAX_AREA,
+    Plan,
+    PlanError,
+    Target,
+    parse_anchor,
+    parse_aspect,
+    parse_size,
+    plan_expansion,
+)
 from .prepare import (
     ANIMATED_POLICIES,
     DEFAULT_MAX_PIXELS,
@@ -51,6 +73,24 @@ from .window import windowed_map
 log = logging.getLogger(__name__)
 
 ON_ERROR = ("skip", "raise", "passthrough")
+RESULT_FIELDS = (
+    "source_key",
+    "variant",
+    "variants",
+    "unchanged",
+    "task_ids",
+    "external_task_ids",
+    "units",
+    "units_reused",
+    "from_ledger",
+    "passes",
+    "canvas",
+    "box",
+    "mask",
+    "upload",
+)
+"""The keys of every result's `metadata["outpaint"]`."""
+URL_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP"}
 ORDERS = ("input", "completed")
 WEBHOOK_SECRET_ENV = "KLING_WEBHOOK_SECRET"
 RESULT_PIXEL_LIMIT = 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)
@@ -93,6 +133,9 @@ class OutpaintStage:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_upload_pixels: int | None = None,
         local_latency: float = 1.0,
+        format: str = "auto",
+        quality: int = 92,
+        png_compression: int = 1,
         retry_failed: bool = False,
         recreate_lost: bool | None = None,
         slots: Slots | None = None,
@@ -118,6 +161,12 @@ class OutpaintStage:
         _one_of("order", order, ORDERS)
         _one_of("on_error", on_error, ON_ERROR)
         _one_of("animated", animated, ANIMATED_POLICIES)
+        _one_of("format", format, OUTPUT_FORMATS)
+        self.output = OutputFormat(
+            format,
+            _whole("quality", quality, low=1, high=100),
+            _whole("png_compression", png_compression, low=0, high=9),
+        )
         self.fit_options = FitOptions(
             animated=animated,
             background=_colour(background),
@@ -221,9 +270,10 @@ class OutpaintStage:
             runner = self._active = self._runner(stack)
             # The tasks the slots allow, plus an item per CPU worker being prepared or stitched.
             window = self.concurrency // self.n + self.cpu_workers
+            names: dict[int, str] = {}
             results = windowed_map(
-                lambda item: self._expand(runner, item),
-                itertools.takewhile(lambda _: not self._cancelled.is_set(), items),
+                lambda item: self._expand(runner, item, names.pop(id(item))),
+                _named(itertools.takewhile(lambda _: not self._cancelled.is_set(), items), names),
                 window=window,
                 ordered=self.order == "input",
                 reorder_limit=window,
@@ -327,7 +377,41 @@ class OutpaintStage:
             return Path(folder) / "ledger.sqlite"
         return default_ledger_path()
 
-    def _expand(self, runner: TaskRunner, item: Item) -> list[Item]:
+    def preview(self, items: list[Item]) -> list[Item]:
+        """The items this stage would yield for `items` (keys and metadata fields, no image),
+        for the host's checks before anything is paid for; reads only the files' headers."""
+        names, previews = Namer(), []
+        for item in items:
+            name = str(item.metadata.get(NAME_METADATA) or names.name(item.key))
+            try:
+                extension, size = self.expected(item)
+            except Exception:  # not an image: it will fail with its error, writing nothing
+                continue
+            for variant in range(self.n):
+                outpaint = dict.fromkeys(RESULT_FIELDS) | {"source_key": item.key}
+                outpaint["variant"] = variant
+                metadata = {**item.metadata, "variant": variant, "outpaint": outpaint}
+                metadata[ESTIMATED_BYTES] = size // self.n
+                key = result_key(name, variant, extension)
+                previews.append(Item(key, item.image, None, metadata))
+        return previews
+
+    def expected(self, item: Item) -> tuple[str, int]:
+        """The file extension of an input's results and about how many bytes they take, from
+        its header alone (a URL's from its name, its size unknown: 0 bytes); raises when a
+        local input is not an image."""
+        source_format, size = _header(item)
+        pillow_format = self.output.pillow_format(source_format)
+        pixels = 0
+        if size is not None:
+            try:
+                canvas = plan_expansion(*size, self.target).canvas
+                pixels = canvas.width * canvas.height
+            except PlanError:
+                pixels = int(size[0] * size[1] * limits.MAX_AREA)
+        return EXTENSIONS[pillow_format], estimated_bytes(pixels, self.n, pillow_format)
+
+    def _expand(self, runner: TaskRunner, item: Item, name: str) -> list[Item]:
         """The whole life of one item: prepare, plan, run the calls, stitch.
 
         Decoding, fitting, stitching and encoding take one of the stage's few CPU workers;
@@ -338,19 +422,18 @@ class OutpaintStage:
         with self._cpu_worker(runner):
             decoded, upload, plan = prepare(item, self.target, self.fit_options)
             if plan.is_empty:
-                log.info("outpaint: %s already has the target shape; passed through", item.key)
-                item.metadata["outpaint"] = {"skipped": "already the target shape"}
-                return [item]
+                log.info("outpaint: %s already has the target shape; copied", item.key)
+                return [self._unchanged(item, name, decoded, upload, plan)]
             if not plan.passes:
                 log.warning("outpaint: %s: the target was reached by padding alone", item.key)
-                return self._stitched(item, decoded, upload, plan, [upload.data], [])
+                return self._stitched(item, name, decoded, upload, plan, [upload.data], [])
             sizes = _pass_outputs(item.key, plan)  # refused here, before anything is paid
             source = item.replace(image=decoded.data) if item.is_url else item  # fetched once
             del decoded
         variants, outcomes = self._run_passes(runner, item, upload, plan, sizes)
         with self._cpu_worker(runner):
             decoded = decode(source, self.fit_options)
-            return self._stitched(item, decoded, upload, plan, variants, outcomes)
+            return self._stitched(item, name, decoded, upload, plan, variants, outcomes)
 
     @contextlib.contextmanager
     def _cpu_worker(self, runner: TaskRunner) -> Iterator[None]:
@@ -358,9 +441,23 @@ class OutpaintStage:
             runner.check_cancelled()
             yield
 
+    def _unchanged(
+        self, item: Item, name: str, decoded: Decoded, upload: Upload, plan: Plan
+    ) -> Item:
+        """The result of an input already of the target shape: itself, upright, encoded as
+        any result, with the same metadata keys."""
+        data, extension, media_type = encode_result(
+            _upright(decoded), Source.of(decoded.data), self.output, self.fit_options.background
+        )
+        width, height = decoded.original.size
+        canvas = Canvas(width, height, Box(0, 0, width, height))
+        metadata = self._metadata(item, 0, [], plan, upload, canvas, unchanged=True)
+        return Item(result_key(name, 0, extension), data, media_type, metadata)
+
     def _stitched(
         self,
         item: Item,
+        name: str,
         decoded: Decoded,
         upload: Upload,
         plan: Plan,
@@ -368,7 +465,7 @@ class OutpaintStage:
         outcomes: list[Outcome],
     ) -> list[Item]:
         """One result item per variant: the API's output stitched onto the original."""
-        stem = PurePosixPath(item.key).with_suffix("").as_posix()
+        source = Source.of(decoded.data)
         results = []
         for variant, data in enumerate(variants):
             image, canvas = stitch(
@@ -379,29 +476,47 @@ class OutpaintStage:
                 blend=self.blend,
                 match_colour=self.colour_match,
             )
-            metadata = {
-                **item.metadata,
-                "variant": variant,
-                "outpaint": {
-                    "source_key": item.key,
-                    "variant": variant,
-                    "variants": len(variants),
-                    "task_ids": [outcome.task_id for outcome in outcomes],
-                    "external_task_ids": [outcome.external_id for outcome in outcomes],
-                    "units": sum(outcome.new_units for outcome in outcomes),
-                    "units_reused": sum(
-                        (outcome.units or 0.0) - outcome.new_units for outcome in outcomes
-                    ),
-                    "from_ledger": all(outcome.from_ledger for outcome in outcomes),
-                    "passes": [ratios.as_dict() for ratios in plan.passes],
-                    "canvas": [canvas.width, canvas.height],
-                    "box": list(canvas.box.as_tuple()),
-                    "mask": _png(generated_mask(canvas)),
-                    "upload": _upload_metadata(upload, plan),
-                },
-            }
-            results.append(Item(f"{stem}-{variant}.png", _png(image), "image/png", metadata))
+            encoded, extension, media_type = encode_result(
+                image, source, self.output, self.fit_options.background
+            )
+            metadata = self._metadata(
+                item, variant, outcomes, plan, upload, canvas, variants=len(variants)
+            )
+            key = result_key(name, variant, extension)
+            results.append(Item(key, encoded, media_type, metadata))
         return results
+
+    def _metadata(
+        self,
+        item: Item,
+        variant: int,
+        outcomes: list[Outcome],
+        plan: Plan,
+        upload: Upload,
+        canvas: Canvas,
+        *,
+        variants: int = 1,
+        unchanged: bool = False,
+    ) -> dict[str, Any]:
+        """A result's metadata: the same keys (RESULT_FIELDS) whatever happened to the input."""
+        outpaint = {
+            "source_key": item.key,
+            "variant": variant,
+            "variants": variants,
+            "unchanged": unchanged,
+            "task_ids": [outcome.task_id for outcome in outcomes],
+            "external_task_ids": [outcome.external_id for outcome in outcomes],
+            "units": sum(outcome.new_units for outcome in outcomes),
+            "units_reused": sum((outcome.units or 0.0) - outcome.new_units for outcome in outcomes),
+            "from_ledger": bool(outcomes) and all(outcome.from_ledger for outcome in outcomes),
+            "passes": [ratios.as_dict() for ratios in plan.passes],
+            "canvas": [canvas.width, canvas.height],
+            "box": list(canvas.box.as_tuple()),
+            "mask": _png(generated_mask(canvas)),
+            "upload": _upload_metadata(upload, plan),
+        }
+        assert set(outpaint) == set(RESULT_FIELDS)
+        return {**item.metadata, "variant": variant, "outpaint": outpaint}
 
     def _run_passes(
         self,
@@ -473,6 +588,35 @@ def _cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _named(items: Iterable[Item], names: dict[int, str]) -> Iterator[Item]:
+    """The items, each given its result name in input order (see `output`)."""
+    namer = Namer()
+    for item in items:
+        given = item.metadata.get(NAME_METADATA)
+        names[id(item)] = str(given) if given and namer.take(str(given)) else namer.name(item.key)
+        yield item
+
+
+def _header(item: Item) -> tuple[str | None, tuple[int, int] | None]:
+    """The input's format and size from its header; a URL is not fetched for this: its
+    format is guessed from its name, its size unknown."""
+    if item.is_url:
+        suffix = PurePosixPath(urlsplit(str(item.image)).path).suffix.lower()
+        return URL_FORMATS.get(suffix), None
+    image_file = item.image if isinstance(item.image, Path) else io.BytesIO(item.read_bytes())
+    with Image.open(image_file) as image:
+        return image.format, image.size
+
+
+def _upright(decoded: Decoded) -> Image.Image:
+    """The original as the result of an input already of the target shape: upright, with the
+    colour profile it came with."""
+    image = decoded.original
+    if decoded.icc_profile is not None:
+        image.info["icc_profile"] = decoded.icc_profile
+    return image
+
+
 def _pass_outputs(key: str, plan: Plan) -> list[tuple[int, int]]:
     """The nominal size of each pass's output; FitError, before any create, when one would be
     too large to download and decode."""
@@ -532,7 +676,7 @@ def _open(source: Path | bytes) -> Image.Image:
 
 def _png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, "PNG", icc_profile=image.info.get("icc_profile"))
+    image.save(buffer, "PNG", compress_level=1)
     return buffer.getvalue()
 
 

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ..errors import OptionError
+from ..files import escaped, is_inside
 from ..item import Item, redact_url
 from ..markers import hookimpl
 from ..registry import Register, Stage
@@ -21,14 +22,22 @@ def register_stages(register: Register) -> None:
     register("load", load)
 
 
-def load(*, paths: str | list[str], recursive: bool = True, hidden: bool = False) -> Stage:
+def load(
+    *,
+    paths: str | list[str],
+    recursive: bool = True,
+    hidden: bool = False,
+    exclude: str | list[str] | None = None,
+) -> Stage:
     """Yield the upstream items, then one item per file named by `paths`.
 
     Each of `paths` is a file, a folder (every file in it, sorted; subfolders too when
-    `recursive`), a glob (`photos/*.jpg`, `**/*.png`) or an http(s) URL. Files are not opened
-    here: deciding what is an image is the job of the stage that reads them. Keys are the
-    path relative to the folder or glob named, the file's name, or the URL with its query
-    redacted; where two folders give the same key, the second file's key is its path.
+    `recursive`), a glob (`photos/*.jpg`, `**/*.png`) or an http(s) URL; files and folders
+    named in `exclude` are left out. Files are not opened here: deciding what is an image is
+    the job of the stage that reads them. Keys are the path relative to the folder or glob
+    named, the file's name, or the URL with its query redacted; where two folders give the
+    same key, the second file's key is its path. Bytes of a file name that are not UTF-8 are
+    %XX in its key.
     """
     if isinstance(paths, str):
         paths = [paths]
@@ -38,24 +47,42 @@ def load(*, paths: str | list[str], recursive: bool = True, hidden: bool = False
         local = not _is_url(path) and not glob.has_magic(path)
         if local and not Path(path).exists():
             raise OptionError("paths", f"{path!r} does not exist")
+    excluded = [exclude] if isinstance(exclude, str) else list(exclude or [])
+    if not all(isinstance(p, str) and p for p in excluded):
+        raise OptionError("exclude", "must be a path, or a list of paths")
+    return Load(paths, recursive, hidden, [Path(p).resolve() for p in excluded])
 
-    def stage(items: Iterable[Item]) -> Iterator[Item]:
+
+class Load:
+    """The stage `load` builds; `preview` lists the files, for the host's checks."""
+
+    def __init__(self, paths: list[str], recursive: bool, hidden: bool, exclude: list[Path]):
+        self.paths, self.recursive, self.hidden, self.exclude = paths, recursive, hidden, exclude
+
+    def __call__(self, items: Iterable[Item]) -> Iterator[Item]:
         yield from items
+        yield from self._listing()
+
+    def preview(self, items: list[Item]) -> list[Item]:
+        return [*items, *self._listing()]
+
+    def _listing(self) -> Iterator[Item]:
         keys: set[str] = set()
         sources: set[str] = set()
-        for path in paths:
-            for key, source in _expand(path, recursive, hidden):
+        for path in self.paths:
+            for key, source in _expand(path, self.recursive, self.hidden):
                 resolved = source if _is_url(source) else str(Path(source).resolve())
                 if resolved in sources:
                     log.warning("load: %s is named twice in paths; loading it once", source)
                     continue
+                if self.exclude and not _is_url(source) and is_inside(Path(resolved), self.exclude):
+                    continue
                 sources.add(resolved)
+                key = escaped(key)
                 if key in keys:  # two folders hold the same relative path, or two URLs differ
-                    key = f"{key}#{len(keys)}" if _is_url(source) else source  # in the query
+                    key = f"{key}#{len(keys)}" if _is_url(source) else escaped(source)
                 keys.add(key)
                 yield Item(key=key, image=source if _is_url(source) else Path(source))
-
-    return stage
 
 
 def _is_url(path: str) -> bool:

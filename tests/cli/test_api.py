@@ -60,7 +60,9 @@ def test_expand_many_streams_in_input_order_with_failures_in_place(photos):
     assert third.ok and third.images[0].width / third.images[0].height == pytest.approx(
         16 / 9, abs=0.01
     )
-    assert same.ok and same.images[0].size == (480, 270) and "skipped" in same.metadata[0]
+    assert same.ok and same.images[0].size == (480, 270) and same.metadata[0]["unchanged"]
+    assert same.metadata[0]["canvas"] == [480, 270] and same.metadata[0]["box"] == [0, 0, 480, 270]
+    assert set(same.metadata[0]) == set(first.metadata[0])
     key, images, error, _ = first  # a named tuple
     assert (key, len(images), error) == ("a.png", 2, None)
 

@@ -36,13 +36,14 @@ def test_a_batch_writes_every_result_and_exits_1_for_the_failed_input(batch):
         record = by_key[key]
         assert record["status"] == "done" and record["units"] > 0
         original = Image.open(folder / key).convert("RGB")
-        stem = key.rsplit(".", 1)[0]
+        stem, ext = key.rsplit(".", 1)  # each result in its input's own format (auto)
         assert [r["path"] for r in record["results"]] == [
-            str(out / f"{stem}-{variant}.png") for variant in (0, 1)
+            str(out / f"{stem}-{variant}.{ext}") for variant in (0, 1)
         ]
         for result in record["results"]:
             image = Image.open(result["path"])
-            assert image.format == "PNG" and list(image.size) == result["canvas"]
+            assert image.format == {"png": "PNG", "jpg": "JPEG"}[ext]
+            assert list(image.size) == result["canvas"]
             assert image.width / image.height == pytest.approx(16 / 9, abs=0.01)
             box = result["box"]
             if key.endswith(".png"):  # lossless: the original's pixels are there, unchanged
@@ -105,7 +106,7 @@ def test_against_a_served_endpoint_with_a_ledger(photos, tmp_path, server, keys)
     first = run_cli(*args, env=keys)
     assert first.code == 0, first.stderr
     assert first.json()["summary"]["created"] == 1
-    again = run_cli(*args, env=keys)  # the ledger answers: nothing is created twice
+    again = run_cli(*args, "--overwrite", env=keys)  # the ledger answers: nothing is paid twice
     assert again.code == 0 and again.json()["summary"]["created"] == 0
     assert again.json()["summary"]["from_ledger"] == 1
     assert Image.open(out / "a-0.png").size == (600, 300)

@@ -50,8 +50,8 @@ def test_a_sheet_shows_results_failures_and_unchanged_inputs(tmp_path):
     sheet.add("a.png", [(_result("a.png", v), tmp_path / f"a-{v}.png") for v in (0, 1)], None)
     failed = Item("bad.png", b"", metadata={"outpaint": {"error": "item 'bad.png': <empty>"}})
     sheet.add("bad.png", [(failed, None)], failed)
-    same = Item("wide.png", _png(noisy_image(480, 270, 9)),
-                metadata={"outpaint": {"skipped": "already the target shape"}})  # fmt: skip
+    same = Item("wide-0.png", _png(noisy_image(480, 270, 9)),
+                metadata={"outpaint": {"unchanged": True, "box": [0, 0, 480, 270]}})  # fmt: skip
     sheet.add("wide.png", [(same, tmp_path / "wide-0.png")], same)
     html_path, png_path = sheet.write({"done": 2, "failed": 1, "results": 3, "units": 2.0})
     page = html_path.read_text()

@@ -94,12 +94,49 @@ def test_save_converts_format_and_fills_the_name_pattern(pm, tmp_path):
     assert Image.open(saved).format == "JPEG"
 
 
-def test_save_refuses_two_items_on_one_file(pm, tmp_path):
-    items = [Item("a.png", png_bytes()), Item("a.png", png_bytes())]
-    with pytest.raises(ValueError, match=r"items 'a.png' and 'a.png' would both be written"):
-        run(pm, [{"stage": "save", "folder": str(tmp_path)}], items)
+def test_save_writes_the_first_of_two_items_on_one_file_and_fails_the_second(pm, tmp_path):
+    items = [Item("a.png", png_bytes()), Item("a.png", png_bytes(colour=(0, 0, 9)))]
+    _, second = run(pm, [{"stage": "save", "folder": str(tmp_path)}], items)
+    assert (tmp_path / "a.png").read_bytes() == items[0].read_bytes()
+    assert "saved_path" not in second.metadata
+    assert "item 'a.png' was written to" in second.metadata["save_error"]
 
 
-def test_save_refuses_a_name_that_leaves_the_folder(pm, tmp_path):
-    with pytest.raises(ValueError, match="leaves the folder"):
-        run(pm, [{"stage": "save", "folder": str(tmp_path)}], [Item("../../evil.png", png_bytes())])
+def test_save_fails_an_item_whose_name_leaves_the_folder_and_goes_on(pm, tmp_path):
+    items = [Item("../../evil.png", png_bytes()), Item("good.png", png_bytes())]
+    evil, good = run(pm, [{"stage": "save", "folder": str(tmp_path / "out")}], items)
+    assert "leaves the folder" in evil.metadata["save_error"]
+    assert good.metadata["saved_path"] == str(tmp_path / "out" / "good.png")
+    assert not (tmp_path / "evil.png").exists()
+
+
+@pytest.mark.parametrize("format", ["jpeg", "webp", "png", "tiff"])
+def test_save_converting_keeps_the_icc_profile_and_the_exif(pm, tmp_path, format):
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = Image.Exif()
+    exif[0x010F] = "Camera Maker"
+    exif[0x0112] = 1
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 6), (10, 200, 30)).save(buffer, "JPEG", icc_profile=icc, exif=exif)
+    stages = [{"stage": "save", "folder": str(tmp_path), "format": format}]
+    [item] = run(pm, stages, [Item("a.jpg", buffer.getvalue())])
+    saved = Image.open(item.metadata["saved_path"])
+    assert saved.info.get("icc_profile") == icc
+    if format != "tiff":  # TIFF holds EXIF as its own tags; Pillow does not write them back
+        assert saved.getexif().get(0x010F) == "Camera Maker"
+
+
+def test_save_leaves_a_different_existing_file_alone_unless_overwrite(pm, tmp_path):
+    (tmp_path / "a.png").write_bytes(b"someone else's file")
+    items = [Item("a.png", png_bytes()), Item("b.png", png_bytes())]
+    kept, written = run(pm, [{"stage": "save", "folder": str(tmp_path)}], items)
+    assert "exists with other content" in kept.metadata["save_error"]
+    assert (tmp_path / "a.png").read_bytes() == b"someone else's file"
+    assert written.metadata["saved_path"] == str(tmp_path / "b.png")
+    same = run(pm, [{"stage": "save", "folder": str(tmp_path)}], [Item("b.png", png_bytes())])
+    assert "save_error" not in same[0].metadata  # the same bytes again: nothing to do
+    stages = [{"stage": "save", "folder": str(tmp_path), "overwrite": True}]
+    run(pm, stages, [Item("a.png", png_bytes())])
+    assert (tmp_path / "a.png").read_bytes() == png_bytes()

@@ -1,0 +1,192 @@
+"""`imgpipe run` as a subprocess against a local Kling server: what can be known about the
+destination is checked before the first task (the server's counters show nothing was paid),
+a failing stage ends the process with its exit code instead of hanging, and `save` writes
+what the umask says, the already-shaped image under the same name as any result."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from hooks import ConfigError, load_config
+from kling_expand_plugin.localserver import LocalServer
+
+KEYS = {
+    "KLING_ACCESS_KEY": "AK-pipeline-0123456789",
+    "KLING_SECRET_KEY": "SK-pipeline-0123456789abcdef0123456789",
+}
+
+
+@pytest.fixture
+def server():
+    with LocalServer(
+        access_key=KEYS["KLING_ACCESS_KEY"],
+        secret_key=KEYS["KLING_SECRET_KEY"],
+        latency=0.05,
+        fill_method="fast",
+    ) as local:
+        yield local
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.linear_gradient("L").convert("RGB").resize((400, 300)).save(folder / "a.png")
+    Image.linear_gradient("L").convert("RGB").resize((640, 360)).save(folder / "wide.png")
+    return folder
+
+
+def config(tmp_path: Path, server: LocalServer, paths: list[str], save: str) -> Path:
+    text = f"""
+    [[stages]]
+    stage = "load"
+    paths = {paths!r}
+
+    [[stages]]
+    stage = "outpaint"
+    endpoint = "{server.url}"
+    aspect = "16:9"
+    ledger = "{tmp_path / "ledger.sqlite"}"
+    local_latency = 0.05
+
+    [[stages]]
+    stage = "save"
+    {save}
+    """
+    path = tmp_path / "pipeline.toml"
+    path.write_text(textwrap.dedent(text).replace("'", '"'))
+    return path
+
+
+def imgpipe(*args: str, script: str | None = None, timeout: float = 60):
+    env = {**os.environ, **KEYS}
+    env.pop("KLING_API_KEY", None)
+    command = [sys.executable, "-c", script, *args] if script else [
+        sys.executable, "-m", "hooks.cli", *args]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def test_a_name_typo_is_refused_before_any_task_with_a_suggestion(server, photos, tmp_path):
+    save = f'folder = "{tmp_path / "out"}"\n    name = "{{stem}}_{{varient}}.{{ext}}"'
+    ran = imgpipe("run", str(config(tmp_path, server, [str(photos)], save)))
+    assert ran.returncode == 2, ran.stderr
+    assert "{varient}" in ran.stderr and "did you mean {variant}?" in ran.stderr
+    assert "stage #3" in ran.stderr
+    assert server.stats()["creates_by_external_id"] == {}
+
+
+def test_two_load_paths_with_one_file_name_are_refused_before_any_task(server, photos, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "a.png").write_bytes((photos / "a.png").read_bytes())
+    save = f'folder = "{tmp_path / "out"}"\n    name = "{{variant}}.{{ext}}"'
+    ran = imgpipe("run", str(config(tmp_path, server, [str(photos), str(other)], save)))
+    assert ran.returncode == 2, ran.stderr
+    assert "would both be written to" in ran.stderr
+    assert server.stats()["creates_by_external_id"] == {}
+
+
+def test_a_save_folder_inside_the_inputs_is_refused(server, photos, tmp_path):
+    (photos / "wide").mkdir()
+    Image.new("RGB", (400, 300)).save(photos / "wide" / "a-0.png")
+    ran = imgpipe(
+        "run", str(config(tmp_path, server, [str(photos)], f'folder = "{photos / "wide"}"'))
+    )
+    assert ran.returncode == 2 and "results would be processed again" in ran.stderr
+    assert server.stats()["creates_by_external_id"] == {}
+
+
+def test_an_unwritable_save_folder_is_refused_before_any_task(server, photos, tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    save = f'folder = "{tmp_path / "file" / "out"}"'
+    ran = imgpipe("run", str(config(tmp_path, server, [str(photos)], save)))
+    assert ran.returncode == 2 and "cannot be written" in ran.stderr
+    assert server.stats()["creates_by_external_id"] == {}
+
+
+def test_save_writes_with_the_umask_and_names_the_already_shaped_image_as_any_result(
+    server, photos, tmp_path
+):
+    out = tmp_path / "out"
+    out.mkdir()
+    leftover = out / ".a-0.png.999999-0123abcd.part"
+    leftover.write_bytes(b"half")
+    script = "import os, sys; os.umask(0o022); from hooks.cli import main; sys.exit(main())"
+    ran = imgpipe("run", str(config(tmp_path, server, [str(photos)], f'folder = "{out}"')),
+                  script=script)  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    assert sorted(path.name for path in out.iterdir()) == ["a-0.png", "wide-0.png"]
+    assert {stat.S_IMODE(path.stat().st_mode) for path in out.iterdir()} == {0o644}
+    assert len(server.stats()["creates_by_external_id"]) == 1  # wide.png: no task
+    # Run again: the same bytes come from the ledger, nothing is replaced or paid for.
+    again = imgpipe("run", str(config(tmp_path, server, [str(photos)], f'folder = "{out}"')))
+    assert again.returncode == 0, again.stderr
+    assert server.stats()["units_charged"] == 1
+
+
+FAILING_STAGE = """
+import sys
+from hooks import cli, hookimpl
+from hooks.manager import make_plugin_manager
+
+def boom():
+    def stage(items):
+        for item in items:
+            raise RuntimeError("boom: the disk caught fire")
+            yield item
+    return stage
+
+class Plugin:
+    @hookimpl
+    def register_stages(self, register):
+        register("boom", boom)
+
+def manager():
+    pm = make_plugin_manager()
+    pm.register(Plugin(), "boom-plugin")
+    return pm
+
+cli.make_plugin_manager = manager
+sys.exit(cli.main())
+"""
+
+
+def test_a_stage_failing_after_paid_work_ends_the_process_with_exit_1(server, photos, tmp_path):
+    path = config(tmp_path, server, [str(photos)], f'folder = "{tmp_path / "out"}"')
+    # The embedded server (endpoint "local") is the one that hung at interpreter shutdown.
+    text = path.read_text().replace(f'endpoint = "{server.url}"', 'endpoint = "local"')
+    path.write_text(text + '\n[[stages]]\nstage = "boom"\n')
+    ran = imgpipe("run", str(path), script=FAILING_STAGE, timeout=30)
+    assert ran.returncode == 1, ran.stderr
+    assert "boom: the disk caught fire" in ran.stderr
+
+
+def test_too_little_free_space_for_the_results_is_refused_before_any_task(
+    server, photos, tmp_path, monkeypatch
+):
+    from hooks import make_plugin_manager
+    from hooks.runner import build_pipeline, check_pipeline
+    from hooks.stages import save
+
+    for name, value in KEYS.items():
+        monkeypatch.setenv(name, value)
+    path = config(tmp_path, server, [str(photos)], f'folder = "{tmp_path / "out"}"')
+    stages = build_pipeline(make_plugin_manager().stages(), load_config(path))
+    check_pipeline(stages)  # room enough on the real disk
+    monkeypatch.setattr(save.shutil, "disk_usage", lambda path: _Usage(free=10_000))
+    with pytest.raises(ConfigError, match=r"stage #3: save: .* 0.0 MB free; the results need"):
+        check_pipeline(stages)
+    assert server.stats()["creates_by_external_id"] == {}
+
+
+class _Usage:
+    def __init__(self, free: int) -> None:
+        self.free = free
