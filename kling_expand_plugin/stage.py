@@ -64,6 +64,7 @@ from .prepare import (
     decode,
     encode_within_limit,
     prepare,
+    prepare_as_sent,
 )
 from .slots import Slots
 from .stitch import generated_mask, stitch
@@ -420,16 +421,21 @@ class OutpaintStage:
         window of tasks.
         """
         with self._cpu_worker(runner):
-            decoded, upload, plan = prepare(item, self.target, self.fit_options)
-            if plan.is_empty:
-                log.info("outpaint: %s already has the target shape; copied", item.key)
-                return [self._unchanged(item, name, decoded, upload, plan)]
-            if not plan.passes:
-                log.warning("outpaint: %s: the target was reached by padding alone", item.key)
-                return self._stitched(item, name, decoded, upload, plan, [upload.data], [])
+            light = prepare_as_sent(item, self.target, self.fit_options)
+            if light is not None and light[1].passes:  # a JPEG sent as it is: no pixels yet
+                upload, plan = light
+                source = item.replace(image=upload.data) if item.is_url else item
+            else:
+                decoded, upload, plan = prepare(item, self.target, self.fit_options)
+                if plan.is_empty:
+                    log.info("outpaint: %s already has the target shape; copied", item.key)
+                    return [self._unchanged(item, name, decoded, upload, plan)]
+                if not plan.passes:
+                    log.warning("outpaint: %s: the target was reached by padding alone", item.key)
+                    return self._stitched(item, name, decoded, upload, plan, [upload.data], [])
+                source = item.replace(image=decoded.data) if item.is_url else item  # fetched once
+                del decoded
             sizes = _pass_outputs(item.key, plan)  # refused here, before anything is paid
-            source = item.replace(image=decoded.data) if item.is_url else item  # fetched once
-            del decoded
         variants, outcomes = self._run_passes(runner, item, upload, plan, sizes)
         with self._cpu_worker(runner):
             decoded = decode(source, self.fit_options)
