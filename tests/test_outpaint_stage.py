@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from hooks import ConfigError, Item, make_plugin_manager, parse_config
-from hooks.runner import build_pipeline, run_pipeline, run_stages
+from hooks.runner import build_pipeline, failures_of, run_pipeline, run_stages
 from kling_expand_plugin.prepare import FitError
 from kling_expand_plugin.stage import OutpaintStage
 
@@ -91,12 +91,14 @@ def test_a_bad_item_is_reported_by_name_and_the_rest_of_the_batch_goes_on(regist
         Item("cat.png", PHOTOS / "chelsea.png"),
         Item("empty.png", b""),
     ]
+    stages = build_pipeline(registry, parse_config({"stages": [outpaint(aspect="16:9")]}))
     with caplog.at_level(logging.ERROR):
-        results = run(registry, [outpaint(aspect="16:9")], items)
+        results = list(run_stages(stages, items))
     assert [r.metadata["outpaint"]["source_key"] for r in results] == ["cat.png"]
     assert "item 'notes.txt': not an image Pillow can read" in caplog.text
     assert "item 'empty.png': the file is empty" in caplog.text
-    assert "2 item(s) failed" in caplog.text
+    assert len(caplog.records) == 2  # each failure once
+    assert [failure.key for failure in failures_of(stages)] == ["notes.txt", "empty.png"]
 
 
 def test_on_error_passthrough_marks_the_item_and_raise_stops(registry):
