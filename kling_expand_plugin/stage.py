@@ -22,9 +22,9 @@ from urllib.parse import urlsplit
 
 from PIL import Image, ImageColor
 
-from hooks import Failure, Item, OptionError
-from hooks.encoding import EXTENSIONS
-from hooks.stages.save import ESTIMATED_BYTES
+from imgpipe import Failure, Item, OptionError
+from imgpipe.encoding import EXTENSIONS
+from imgpipe.stages.save import ESTIMATED_BYTES
 
 from . import limits
 from .auth import Credentials

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator
 
 from PIL import Image
 
-from hooks import Failure, Item, failures_of, hookimpl, make_plugin_manager
+from imgpipe import Failure, Item, failures_of, hookimpl, make_plugin_manager
 
 
 class Flaky:
@@ -36,7 +36,7 @@ def test_the_host_counts_reported_failures_not_error_lines():
 def test_a_registered_stage_s_failures_set_imgpipe_s_exit_code_and_summary(tmp_path):
     plugin = tmp_path / "flakyplugin.py"
     plugin.write_text(
-        "from hooks import Failure, hookimpl\n"
+        "from imgpipe import Failure, hookimpl\n"
         "import logging\n"
         "class Flaky:\n"
         "    def __call__(self, items):\n"
@@ -64,12 +64,12 @@ def test_a_registered_stage_s_failures_set_imgpipe_s_exit_code_and_summary(tmp_p
     )
     code = (
         "import sys; sys.path.insert(0, sys.argv[1])\n"
-        "import flakyplugin, hooks.cli, hooks.manager\n"
-        "real = hooks.manager.make_plugin_manager\n"
+        "import flakyplugin, imgpipe.cli, imgpipe.manager\n"
+        "real = imgpipe.manager.make_plugin_manager\n"
         "def patched(*a, **k):\n"
         "    pm = real(*a, **k); pm.register(flakyplugin); return pm\n"
-        "hooks.cli.make_plugin_manager = patched\n"
-        "sys.exit(hooks.cli.main(['run', sys.argv[2]]))\n"
+        "imgpipe.cli.make_plugin_manager = patched\n"
+        "sys.exit(imgpipe.cli.main(['run', sys.argv[2]]))\n"
     )
     ran = subprocess.run(
         [sys.executable, "-c", code, str(tmp_path), str(config)],
