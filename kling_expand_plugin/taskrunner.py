@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PIL import Image
@@ -85,7 +86,8 @@ class Outcome:
     task_id: str
     external_id: str
     units: float | None
-    images: list[bytes]
+    images: list[Path | bytes]
+    """Each result image: the file the ledger stored it in, or its bytes."""
     from_ledger: bool = False
     new_units: float = 0.0
 
@@ -299,11 +301,11 @@ class TaskRunner:
         self.tally.add(**{"units" if new else "units_reused": units})
         if task.failed:
             raise TaskFailedError(task)
-        images = []
+        images: list[Path | bytes] = []
         for image in task.images:
             data = self._download(task, image, max_bytes)
-            self.ledger.store_result(self.endpoint_key, work_id, image.index, data)
-            images.append(data)
+            stored = self.ledger.store_result(self.endpoint_key, work_id, image.index, data)
+            images.append(stored if isinstance(stored, Path) else data)  # on disk: not held
         return Outcome(
             task.task_id,
             task.external_task_id or work_id,
@@ -314,8 +316,10 @@ class TaskRunner:
 
     def _read_back(self, key: str, entry: Entry) -> Outcome | None:
         """The stored results of a finished task; None (and forgotten) if one is damaged."""
-        images = [result.read_bytes() for result in entry.results]
-        if not all(_intact(data) for data in images):
+        images = [
+            result if isinstance(result, Path) else result.read_bytes() for result in entry.results
+        ]
+        if not all(_intact(image) for image in images):
             log.warning(
                 "%s: a stored result of task %s is damaged; fetching it again", key, entry.task_id
             )
@@ -448,10 +452,10 @@ def _never_created(error: BaseException) -> bool:
     return isinstance(error, KlingError) and not isinstance(error, ProtocolError | ServerError)
 
 
-def _intact(data: bytes) -> bool:
-    """Whether stored image bytes are whole (a crash or a full disk can leave them cut)."""
+def _intact(stored: Path | bytes) -> bool:
+    """Whether a stored image is whole (a crash or a full disk can leave it cut)."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(stored if isinstance(stored, Path) else io.BytesIO(stored)) as image:
             image.verify()
     except Exception:
         return False
