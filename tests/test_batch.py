@@ -15,6 +15,8 @@ from kling_expand_plugin import taskrunner
 from kling_expand_plugin.localserver import LocalServer
 from kling_expand_plugin.stage import OutpaintStage
 
+pytestmark = pytest.mark.slow  # batches of 12 to 48 images over real HTTP
+
 KEYS = {
     "KLING_ACCESS_KEY": "batch-access-key",
     "KLING_SECRET_KEY": "batch-secret-key-0123456789abcdef",

@@ -17,6 +17,8 @@ from kling_expand_plugin import limits
 
 from .conftest import EXPAND, auth_headers, create_body, make_token, wait_until
 
+pytestmark = pytest.mark.slow  # connection and byte limits waited out
+
 
 def _create(api, **overrides) -> dict:
     response = api.create(create_body(**overrides))
