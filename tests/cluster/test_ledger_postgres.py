@@ -100,7 +100,7 @@ def test_of_workers_claiming_one_external_id_at_once_exactly_one_creates(fresh_p
 
 def test_the_password_never_shows():
     require("psycopg")
-    from kling_expand_plugin.ledger_postgres import describe
+    from kling_expand_plugin.ledger.postgres import describe
 
     described = describe("postgresql://user:hunter2-secret@db.example:5433/kling?sslmode=require")
     assert described == "postgresql://user@db.example:5433/kling"
