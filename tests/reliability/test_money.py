@@ -29,6 +29,7 @@ from kling_expand_plugin import limits
 from kling_expand_plugin.api import by_source, expand_many
 from kling_expand_plugin.auth import Credentials
 from kling_expand_plugin.client import ExpandRequest, KlingClient
+from kling_expand_plugin.errors import DownloadError
 from kling_expand_plugin.geometry import Ratios
 from kling_expand_plugin.ledger import SqliteLedger, normalise_endpoint
 from kling_expand_plugin.localserver import LocalServer
@@ -96,7 +97,7 @@ def test_a_result_larger_than_the_old_fixed_cap_is_downloaded(tmp_path):
         )
         # The old code capped every result at a fixed size, whatever the canvas: at 1 MB this
         # 1500 x 1500 expansion (2400 x 2400) fails; at the planned canvas's cap it succeeds.
-        with pytest.raises(Exception, match="cap"):
+        with pytest.raises(DownloadError, match="cap"):
             runner.run("small-cap.jpg", request, max_bytes=1_000_000)
         outcome = runner.run("planned-cap.jpg", request, max_bytes=_result_bytes((2400, 2400)))
         stats = server.stats()
