@@ -67,7 +67,7 @@ from .prepare import (
     prepare_as_sent,
 )
 from .slots import Slots
-from .stitch import generated_mask, stitch
+from .stitch import mask_png, stitch
 from .taskrunner import Budget, BudgetReached, Outcome, TaskRunner
 from .window import windowed_map
 
@@ -519,7 +519,7 @@ class OutpaintStage:
             "passes": [ratios.as_dict() for ratios in plan.passes],
             "canvas": [canvas.width, canvas.height],
             "box": list(canvas.box.as_tuple()),
-            "mask": _png(generated_mask(canvas)),
+            "mask": mask_png(canvas),
             "preview": _preview(image),
             "upload": _upload_metadata(upload, plan),
         }
@@ -694,12 +694,6 @@ def _preview(image: Image.Image) -> bytes:
     small.thumbnail(PREVIEW_SIZE, Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
     small.save(buffer, "JPEG", quality=85)
-    return buffer.getvalue()
-
-
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG", compress_level=1)
     return buffer.getvalue()
 
 
