@@ -11,8 +11,9 @@ from kling_expand_plugin.ledger import SqliteLedger, StoredBytes, open_ledger
 from kling_expand_plugin.localserver import LocalServer
 from kling_expand_plugin.models import Task
 from kling_expand_plugin.stage import OutpaintStage
+from tests.helpers import picture
 
-from .conftest import KEYS, picture, require
+from .conftest import KEYS, require
 
 ENDPOINT = "https://kling.example"
 

@@ -10,7 +10,6 @@ import base64
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -37,8 +36,9 @@ from kling_expand_plugin.receiver import CallbackReceiver
 from kling_expand_plugin.slots import Slots
 from kling_expand_plugin.stage import OutpaintStage, _next_input, _result_bytes
 from kling_expand_plugin.taskrunner import TaskRunner
+from tests.helpers import free_port, picture
 
-from .conftest import ACCESS_KEY, KEYS, SECRET_KEY, local_server, picture
+from .conftest import ACCESS_KEY, KEYS, SECRET_KEY, local_server
 
 pytestmark = pytest.mark.usefixtures("credentials")
 
@@ -54,12 +54,6 @@ def stage(url: str, ledger: Path, **options) -> OutpaintStage:
 
 def items(count: int, first: int = 0) -> list[Item]:
     return [Item(f"img{n}.png", picture(n)) for n in range(first, first + count)]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def cli(*args: str) -> list[str]:
