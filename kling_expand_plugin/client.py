@@ -245,7 +245,7 @@ class KlingClient:
         else:
             self._timeouts = Timeouts(connect=min(10.0, timeout), read=timeout)
         self._retry = retry
-        self._session = requests.Session()
+        self._session = _Session()
         self._session.headers["User-Agent"] = USER_AGENT
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
         self._session.mount("http://", adapter)
@@ -589,6 +589,26 @@ class KlingClient:
                 f"{method} {path}: HTTP {status} with code 0", http_status=status, retryable=True
             )
         return envelope.get("data")
+
+
+class _Session(requests.Session):
+    """A requests session that reads the proxy and CA settings of the environment once per
+    host, not on every call (polling makes many, and each scanned the whole environment)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._environment: dict[tuple[Any, ...], Any] = {}
+
+    def merge_environment_settings(
+        self, url: str | bytes | None, proxies: Any, stream: Any, verify: Any, cert: Any
+    ) -> Any:
+        parts = urlsplit(url.decode() if isinstance(url, bytes) else url or "")
+        key = (parts.scheme, parts.netloc, repr(proxies), stream, verify, cert)
+        if key not in self._environment:
+            self._environment[key] = super().merge_environment_settings(
+                url, proxies, stream, verify, cert
+            )
+        return dict(self._environment[key])
 
 
 def _checked_base_url(base_url: str) -> str:

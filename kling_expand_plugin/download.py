@@ -25,7 +25,7 @@ from .retry import RetryBudget, RetryPolicy, retrying
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 """Default size cap of one downloaded image."""
 
-CHUNK_BYTES = 64 * 1024
+CHUNK_BYTES = 1024 * 1024
 
 logger = logging.getLogger(__name__)
 
