@@ -215,7 +215,7 @@ def _smallest_size(width: int, height: int, aspect: float) -> tuple[float, float
     return width, width / aspect
 
 
-def _largest_size(
+def largest_size(
     width: int, height: int, aspect: float, anchor: tuple[float, float], scale: float = 1.0
 ) -> tuple[float, float]:
     """The largest canvas of `aspect` one call can make around a `width` x `height` image."""
@@ -305,7 +305,7 @@ def _desired_canvas(
         if target.area is None:
             size = _smallest_size(width, height, target.aspect)
         elif target.area == MAX_AREA:
-            size = _largest_size(width, height, target.aspect, target.anchor, scale)
+            size = largest_size(width, height, target.aspect, target.anchor, scale)
         else:
             assert isinstance(target.area, int | float)
             size = _size_for_area(width, height, target.aspect, float(target.area), scale)

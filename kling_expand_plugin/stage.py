@@ -294,6 +294,8 @@ class OutpaintStage:
                     log.error("outpaint: %s", _describe(item, error))
                     if self.on_error == "passthrough":
                         item.metadata["outpaint"] = {"error": _describe(item, error)}
+                        if isinstance(error, BudgetReached):
+                            item.metadata["outpaint"]["skipped"] = "budget"
                         yield item
             finally:
                 runner.cancel()  # left early (error, break, close): stop the workers too
