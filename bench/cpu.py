@@ -22,7 +22,7 @@ from pathlib import Path
 from harness import PHOTOS, picture, server_process, use_server_keys
 from PIL import Image
 
-from hooks import Item
+from imgpipe import Item
 from kling_expand_plugin import OutpaintStage
 
 

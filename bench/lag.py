@@ -33,7 +33,7 @@ from pathlib import Path
 from baseline import Finished, run_baseline
 from harness import picture, server_process, server_stats, use_server_keys
 
-from hooks import Item
+from imgpipe import Item
 from kling_expand_plugin import OutpaintStage
 from kling_expand_plugin.models import Task
 from kling_expand_plugin.taskrunner import TaskRunner

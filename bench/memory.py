@@ -24,7 +24,7 @@ from pathlib import Path
 
 from harness import peak_rss_mib, picture, server_process, use_server_keys
 
-from hooks import Item
+from imgpipe import Item
 from kling_expand_plugin import OutpaintStage
 
 SIZE = (640, 480)

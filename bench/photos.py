@@ -32,7 +32,7 @@ from PIL import Image
 SIZE = (6000, 4000)
 SLOTS = 8
 EXPAND = [sys.executable, "-m", "kling_expand_plugin.cli", "expand"]
-IMGPIPE = [sys.executable, "-m", "hooks.cli"]
+IMGPIPE = [sys.executable, "-m", "imgpipe.cli"]
 
 
 def photo(number: int) -> Image.Image:

@@ -33,7 +33,7 @@ from harness import (
     use_server_keys,
 )
 
-from hooks import Item
+from imgpipe import Item
 from kling_expand_plugin import OutpaintStage
 
 SIZE = (400, 300)

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from PIL import Image
 
-from hooks import Item
+from imgpipe import Item
 
 from .stage import OutpaintStage
 

@@ -28,9 +28,9 @@ from urllib.parse import urlsplit
 
 import requests
 
-from hooks import ConfigError, Item, OptionError
-from hooks.files import ExistsError, clean_leftovers, write_atomically
-from hooks.stages.load import load
+from imgpipe import ConfigError, Item, OptionError
+from imgpipe.files import ExistsError, clean_leftovers, write_atomically
+from imgpipe.stages.load import load
 
 from . import ledger as ledger_module
 from .api import by_source, failure_of, url_name

@@ -37,7 +37,7 @@ from PIL import Image
 from ray.data import Datasink
 from ray.data.block import Block, BlockAccessor
 
-from hooks import Item
+from imgpipe import Item
 
 from .slots import Slots
 from .stage import OutpaintStage

@@ -5,7 +5,7 @@ The name rule: a result of input `photo.jpg` is `photo-<variant>.<ext>`; when an
 of the same run already took the name `photo` (`photo.png` after `photo.jpg`, compared without
 case), the input's extension is kept in the name: `photo.png-0.png`. Names are handed out in
 input order, so the same inputs always get the same names. A name too long for a file system
-keeps its beginning and gets a hash of the whole (`hooks.files.fit_name`).
+keeps its beginning and gets a hash of the whole (`imgpipe.files.fit_name`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import PurePosixPath
 
 from PIL import Image, ImageCms
 
-from hooks.encoding import (
+from imgpipe.encoding import (
     DEFAULT_PNG_COMPRESSION,
     DEFAULT_QUALITY,
     EXTENSIONS,
@@ -24,7 +24,7 @@ from hooks.encoding import (
     MEDIA_TYPES,
     encode,
 )
-from hooks.files import MAX_NAME_BYTES, fit_name
+from imgpipe.files import MAX_NAME_BYTES, fit_name
 
 OUTPUT_FORMATS = ("auto", "png", "jpeg", "webp")
 KEPT_FORMATS = ("PNG", "JPEG", "WEBP")

@@ -1,6 +1,6 @@
 """The plugin's entry point: registers the `outpaint` stage with the imgpipe host."""
 
-from hooks import Register, hookimpl
+from imgpipe import Register, hookimpl
 
 from .stage import OutpaintStage
 

@@ -32,8 +32,8 @@ from PIL import (
     UnidentifiedImageError,
 )
 
-import hooks.item
-from hooks import FetchError, Item
+import imgpipe.item
+from imgpipe import FetchError, Item
 
 from . import limits
 from .fill import fill
@@ -253,8 +253,8 @@ def _read(item: Item) -> bytes:
         raise FitError(
             item.key,
             f"could not be fetched: {error}",
-            f"a URL input is fetched once, within {hooks.item.URL_DEADLINE:g} s and "
-            f"{hooks.item.MAX_URL_BYTES / 2**20:g} MiB",
+            f"a URL input is fetched once, within {imgpipe.item.URL_DEADLINE:g} s and "
+            f"{imgpipe.item.MAX_URL_BYTES / 2**20:g} MiB",
         ) from None
     except OSError as error:
         reason = error.strerror or type(error).__name__

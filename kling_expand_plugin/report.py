@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 from PIL import Image, ImageDraw, ImageFont
 
-from hooks import Item
+from imgpipe import Item
 
 from .prepare import FitError, decode
 

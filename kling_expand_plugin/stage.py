@@ -22,9 +22,9 @@ from urllib.parse import urlsplit
 
 from PIL import Image, ImageColor
 
-from hooks import Item, OptionError
-from hooks.encoding import EXTENSIONS
-from hooks.stages.save import ESTIMATED_BYTES
+from imgpipe import Failure, Item, OptionError
+from imgpipe.encoding import EXTENSIONS
+from imgpipe.stages.save import ESTIMATED_BYTES
 
 from . import limits
 from .auth import Credentials
@@ -265,6 +265,7 @@ class OutpaintStage:
 
     def __call__(self, items: Iterable[Item]) -> Generator[Item, None, None]:
         counts = self._counts = dict.fromkeys(self._counts, 0)
+        self.failures: list[Failure] = []  # read by the host: each input that failed, and why
         self._times = (time.monotonic(), 0.0)
         self._cancelled.clear()
         with contextlib.ExitStack() as stack:
@@ -288,7 +289,9 @@ class OutpaintStage:
                             counts["results"] += 1
                             yield result
                         continue
-                    counts["skipped" if isinstance(error, BudgetReached) else "failed"] += 1
+                    skipped = isinstance(error, BudgetReached)
+                    counts["skipped" if skipped else "failed"] += 1
+                    self.failures.append(Failure(item.key, _describe(item, error)))
                     if self.on_error == "raise":
                         raise error
                     log.error("outpaint: %s", _describe(item, error))
@@ -307,12 +310,6 @@ class OutpaintStage:
                     "%(from_ledger)d read back from the ledger, %(seconds).1f s",
                     self.summary,
                 )
-                if counts["failed"] or counts["skipped"]:
-                    log.error(
-                        "outpaint: %d item(s) failed and %d skipped; see the errors above",
-                        counts["failed"],
-                        counts["skipped"],
-                    )
 
     def _runner(self, stack: contextlib.ExitStack) -> TaskRunner:
         """The client, ledger, receiver and slots of one run, closed by `stack` at its end."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from hooks import Item
+from imgpipe import Item
 from kling_expand_plugin import taskrunner
 from kling_expand_plugin.localserver import LocalServer
 from kling_expand_plugin.stage import OutpaintStage

@@ -23,3 +23,11 @@ def test_importing_one_module_loads_only_what_it_needs():
 def test_the_stage_and_the_python_api_do_not_load_the_local_server():
     loaded = loaded_after("import kling_expand_plugin.api, kling_expand_plugin.stage")
     assert not {name for name in loaded if "localserver" in name}
+
+
+def test_the_host_installs_as_imgpipe_not_hooks():
+    import imgpipe
+
+    assert imgpipe.__file__.replace("\\", "/").endswith("hooks/imgpipe/__init__.py")
+    loaded = loaded_after("import imgpipe, kling_expand_plugin.stage")
+    assert "kling_expand_plugin.stage" in loaded

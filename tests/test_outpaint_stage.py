@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from hooks import ConfigError, Item, make_plugin_manager, parse_config
-from hooks.runner import build_pipeline, run_pipeline, run_stages
+from imgpipe import ConfigError, Item, make_plugin_manager, parse_config
+from imgpipe.runner import build_pipeline, failures_of, run_pipeline, run_stages
 from kling_expand_plugin.prepare import FitError
 from kling_expand_plugin.stage import OutpaintStage
 
@@ -91,12 +91,14 @@ def test_a_bad_item_is_reported_by_name_and_the_rest_of_the_batch_goes_on(regist
         Item("cat.png", PHOTOS / "chelsea.png"),
         Item("empty.png", b""),
     ]
+    stages = build_pipeline(registry, parse_config({"stages": [outpaint(aspect="16:9")]}))
     with caplog.at_level(logging.ERROR):
-        results = run(registry, [outpaint(aspect="16:9")], items)
+        results = list(run_stages(stages, items))
     assert [r.metadata["outpaint"]["source_key"] for r in results] == ["cat.png"]
     assert "item 'notes.txt': not an image Pillow can read" in caplog.text
     assert "item 'empty.png': the file is empty" in caplog.text
-    assert "2 item(s) failed" in caplog.text
+    assert len(caplog.records) == 2  # each failure once
+    assert [failure.key for failure in failures_of(stages)] == ["notes.txt", "empty.png"]
 
 
 def test_on_error_passthrough_marks_the_item_and_raise_stops(registry):
@@ -155,7 +157,7 @@ def test_the_sample_pipeline_config_runs(registry, tmp_path, monkeypatch):
 
 def test_imgpipe_stages_lists_outpaint_with_its_plugin_and_version():
     output = subprocess.run(
-        [sys.executable, "-m", "hooks.cli", "stages"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "imgpipe.cli", "stages"], capture_output=True, text=True, timeout=60
     )
     assert output.returncode == 0, output.stderr
     line = next(line for line in output.stdout.splitlines() if line.startswith("outpaint"))
@@ -173,7 +175,7 @@ def test_imgpipe_run_exits_1_when_an_item_failed_and_2_on_a_config_error(tmp_pat
         "local_latency = 0.05\n"
         f'[[stages]]\nstage = "save"\nfolder = "{tmp_path / "out"}"\n'
     )
-    command = [sys.executable, "-m", "hooks.cli", "run", str(config)]
+    command = [sys.executable, "-m", "imgpipe.cli", "run", str(config)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, done.stderr
     assert "item 'notes.txt': not an image" in done.stderr

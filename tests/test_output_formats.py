@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from hooks.encoding import encode
+from imgpipe.encoding import encode
 from kling_expand_plugin import expand_many
 from kling_expand_plugin.output import Namer, OutputFormat
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from hooks import Item
+from imgpipe import Item
 from kling_expand_plugin import limits
 from kling_expand_plugin.auth import Credentials
 from kling_expand_plugin.client import ExpandRequest, KlingClient

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from hooks import Item
+from imgpipe import Item
 from kling_expand_plugin.geometry import Ratios
 from kling_expand_plugin.plan import Target, plan_expansion
 from kling_expand_plugin.prepare import decode

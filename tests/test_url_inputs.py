@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import hooks.item
-from hooks import FetchError, Item, redact_url
-from hooks.stages.load import load
+import imgpipe.item
+from imgpipe import FetchError, Item, redact_url
+from imgpipe.stages.load import load
 from kling_expand_plugin.plan import Target
 from kling_expand_plugin.prepare import FitError, prepare
 
@@ -145,7 +145,7 @@ def refusal(url: str) -> tuple[FitError, float]:
 
 @pytest.mark.timeout(30)
 def test_a_dripping_body_is_cut_at_the_deadline(server, monkeypatch):
-    monkeypatch.setattr(hooks.item, "URL_DEADLINE", 1.0)
+    monkeypatch.setattr(imgpipe.item, "URL_DEADLINE", 1.0)
     error, seconds = refusal(server + "/drip.png" + SIGNED)
     assert 1.0 <= seconds < 2.5
     assert "not fetched within 1 s" in error.problem and "within 1 s" in error.rule
@@ -154,14 +154,14 @@ def test_a_dripping_body_is_cut_at_the_deadline(server, monkeypatch):
 
 @pytest.mark.timeout(30)
 def test_an_endless_body_is_cut_at_the_size_cap(server, monkeypatch):
-    monkeypatch.setattr(hooks.item, "MAX_URL_BYTES", 1 << 20)
+    monkeypatch.setattr(imgpipe.item, "MAX_URL_BYTES", 1 << 20)
     error, seconds = refusal(server + "/endless.png")
     assert seconds < 5 and f"more than {1 << 20} bytes" in error.problem
 
 
 @pytest.mark.timeout(30)
 def test_an_endless_body_under_the_cap_is_cut_at_the_deadline(server, monkeypatch):
-    monkeypatch.setattr(hooks.item, "URL_DEADLINE", 1.0)
+    monkeypatch.setattr(imgpipe.item, "URL_DEADLINE", 1.0)
     error, seconds = refusal(server + "/stream.png")
     assert 1.0 <= seconds < 2.5 and "not fetched within 1 s" in error.problem
 
@@ -169,7 +169,7 @@ def test_an_endless_body_under_the_cap_is_cut_at_the_deadline(server, monkeypatc
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("path", ["/pause.png", "/pause-unsized.png"])
 def test_a_silence_late_in_the_body_ends_at_the_deadline_not_after(server, monkeypatch, path):
-    monkeypatch.setattr(hooks.item, "URL_DEADLINE", 1.0)
+    monkeypatch.setattr(imgpipe.item, "URL_DEADLINE", 1.0)
     error, seconds = refusal(server + path)
     assert 1.0 <= seconds < 1.4 and "not fetched within 1 s" in error.problem
 

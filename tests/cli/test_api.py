@@ -8,7 +8,7 @@ import itertools
 import pytest
 from PIL import Image
 
-from hooks import OptionError
+from imgpipe import OptionError
 from kling_expand_plugin import expand, expand_many
 from kling_expand_plugin.prepare import FitError
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hooks import Item
+from imgpipe import Item
 from kling_expand_plugin import report
 from kling_expand_plugin.report import ContactSheet
 

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from hooks import Item
+from imgpipe import Item
 from kling_expand_plugin.ledger import SqliteLedger, StoredBytes, open_ledger
 from kling_expand_plugin.localserver import LocalServer
 from kling_expand_plugin.models import Task

@@ -4,7 +4,7 @@ from collections.abc import Iterable, Iterator
 
 import pytest
 
-from hooks import Item, make_plugin_manager
+from imgpipe import Item, make_plugin_manager
 
 
 @pytest.fixture

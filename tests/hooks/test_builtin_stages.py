@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from hooks import ConfigError, Item, parse_config
-from hooks.runner import build_pipeline, run_stages
+from imgpipe import ConfigError, Item, parse_config
+from imgpipe.runner import build_pipeline, run_stages
 
 
 def png_bytes(size=(4, 3), colour=(200, 10, 10)) -> bytes:

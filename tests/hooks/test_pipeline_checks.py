@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from hooks import ConfigError, load_config
+from imgpipe import ConfigError, load_config
 from kling_expand_plugin.localserver import LocalServer
 
 KEYS = {
@@ -70,7 +70,7 @@ def imgpipe(*args: str, script: str | None = None, timeout: float = 60):
     env = {**os.environ, **KEYS}
     env.pop("KLING_API_KEY", None)
     command = [sys.executable, "-c", script, *args] if script else [
-        sys.executable, "-m", "hooks.cli", *args]  # fmt: skip
+        sys.executable, "-m", "imgpipe.cli", *args]  # fmt: skip
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
 
 
@@ -119,7 +119,7 @@ def test_save_writes_with_the_umask_and_names_the_already_shaped_image_as_any_re
     out.mkdir()
     leftover = out / ".a-0.png.999999-0123abcd.part"
     leftover.write_bytes(b"half")
-    script = "import os, sys; os.umask(0o022); from hooks.cli import main; sys.exit(main())"
+    script = "import os, sys; os.umask(0o022); from imgpipe.cli import main; sys.exit(main())"
     ran = imgpipe("run", str(config(tmp_path, server, [str(photos)], f'folder = "{out}"')),
                   script=script)  # fmt: skip
     assert ran.returncode == 0, ran.stderr
@@ -134,8 +134,8 @@ def test_save_writes_with_the_umask_and_names_the_already_shaped_image_as_any_re
 
 FAILING_STAGE = """
 import sys
-from hooks import cli, hookimpl
-from hooks.manager import make_plugin_manager
+from imgpipe import cli, hookimpl
+from imgpipe.manager import make_plugin_manager
 
 def boom():
     def stage(items):
@@ -172,9 +172,9 @@ def test_a_stage_failing_after_paid_work_ends_the_process_with_exit_1(server, ph
 def test_too_little_free_space_for_the_results_is_refused_before_any_task(
     server, photos, tmp_path, monkeypatch
 ):
-    from hooks import make_plugin_manager
-    from hooks.runner import build_pipeline, check_pipeline
-    from hooks.stages import save
+    from imgpipe import make_plugin_manager
+    from imgpipe.runner import build_pipeline, check_pipeline
+    from imgpipe.stages import save
 
     for name, value in KEYS.items():
         monkeypatch.setenv(name, value)

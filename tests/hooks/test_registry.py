@@ -5,7 +5,7 @@ import re
 import pluggy
 import pytest
 
-from hooks import (
+from imgpipe import (
     ConfigError,
     Item,
     OptionError,
@@ -15,7 +15,7 @@ from hooks import (
     make_plugin_manager,
     parse_config,
 )
-from hooks.runner import build_pipeline, run_stages
+from imgpipe.runner import build_pipeline, run_stages
 
 from .conftest import upper_keys
 
@@ -162,7 +162,7 @@ def test_a_broken_plugin_is_reported_and_skipped(caplog):
 
 
 def test_a_broken_plugin_is_fatal_when_the_env_var_says_so(monkeypatch):
-    from hooks import PluginLoadError
+    from imgpipe import PluginLoadError
 
     monkeypatch.setenv("IMGPIPE_STRICT_PLUGINS", "1")
     broken = FakeDistribution("broken-plugin", "0.1", {"broken": ImportError("boom")})

@@ -24,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from hooks import Item
+from imgpipe import Item
 from kling_expand_plugin import webhooks
 from kling_expand_plugin.stage import OutpaintStage
 

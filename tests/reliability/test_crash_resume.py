@@ -62,7 +62,7 @@ def test_sigkill_at_several_points_then_resume_pays_once_and_loses_nothing(tmp_p
                 inputs=inputs, url=server.url, slots=SLOTS, ledger=ledger, outputs=outputs
             )
         )
-        command = [sys.executable, "-m", "hooks.cli", "run", str(config)]
+        command = [sys.executable, "-m", "imgpipe.cli", "run", str(config)]
         env = {**os.environ, **KEYS}
         env.pop("KLING_API_KEY", None)
         killed_with_work_left = 0

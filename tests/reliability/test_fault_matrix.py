@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from hooks import Item
+from imgpipe import Item
 from kling_expand_plugin.localserver.faults import FAULTS
 from kling_expand_plugin.localserver.tasks import FAILURE_MESSAGES
 from kling_expand_plugin.stage import OutpaintStage

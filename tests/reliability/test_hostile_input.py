@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import EpsImagePlugin, Image
 
-from hooks import Item
+from imgpipe import Item
 from kling_expand_plugin.plan import Target
 from kling_expand_plugin.prepare import FitError, FitOptions, decode, prepare
 

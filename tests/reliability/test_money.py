@@ -24,7 +24,7 @@ import pytest
 import requests
 from PIL import Image
 
-from hooks import Item
+from imgpipe import Item
 from kling_expand_plugin import limits
 from kling_expand_plugin.api import by_source, expand_many
 from kling_expand_plugin.auth import Credentials

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from hooks import Item
+from imgpipe import Item
 from kling_expand_plugin.stage import OutpaintStage
 
 from .conftest import KEYS, SECRET_KEY, local_server, picture
@@ -89,7 +89,7 @@ def test_a_debug_batch_leaks_no_secret_anywhere(tmp_path, caplog):
         config.write_text(
             CONFIG.format(inputs=inputs, url=server.url, ledger=ledger, outputs=outputs)
         )
-        command = [sys.executable, "-m", "hooks.cli", "-vv", "run", str(config)]
+        command = [sys.executable, "-m", "imgpipe.cli", "-vv", "run", str(config)]
         done = subprocess.run(command, env=env, capture_output=True, timeout=80)
         stats = server.stats()
 

@@ -8,23 +8,13 @@ import logging
 import sys
 import time
 
+from .config import load_config
 from .errors import PipelineError
 from .manager import make_plugin_manager
-from .runner import run_pipeline
+from .runner import build_pipeline, check_pipeline, failures_of, run_stages
 
 EXIT_OK, EXIT_ITEM_ERRORS, EXIT_CONFIG = 0, 1, 2
 log = logging.getLogger("imgpipe")
-
-
-class _ErrorCounter(logging.Handler):
-    """Counts ERROR records: stages log a failed item and go on, and the exit code says so."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.count = 0
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.count += 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,11 +45,11 @@ def main(argv: list[str] | None = None) -> int:
             for plugin, reason in pm.load_errors.items():
                 print(f"(skipped plugin {plugin}: {reason})")
             return EXIT_OK
-        counter = _ErrorCounter()
-        logging.getLogger().addHandler(counter)
+        stages = build_pipeline(registry, load_config(args.config))
+        check_pipeline(stages)
         started, count = time.monotonic(), 0
         try:
-            with contextlib.closing(run_pipeline(registry, args.config)) as stream:
+            with contextlib.closing(run_stages(stages)) as stream:
                 for _ in stream:
                     count += 1
         except PipelineError:
@@ -69,14 +59,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"imgpipe: stopped after {count} items: {exc}", file=sys.stderr)
             return EXIT_ITEM_ERRORS
         elapsed = time.monotonic() - started
-        print(f"{count} items out of the pipeline in {elapsed:.1f} s; {counter.count} errors")
-        return EXIT_ITEM_ERRORS if counter.count else EXIT_OK
+        failed = len(failures_of(stages))
+        print(
+            f"{_count(count, 'item')} out of the pipeline in {elapsed:.1f} s; "
+            f"{_count(failed, 'item')} failed"
+        )
+        return EXIT_ITEM_ERRORS if failed else EXIT_OK
     except PipelineError as exc:
         print(f"imgpipe: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
         print("imgpipe: interrupted", file=sys.stderr)
         return 130
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from ..files import ExistsError, clean_leftovers, fit_name, is_inside, write_ato
 from ..item import Item
 from ..markers import hookimpl
 from ..registry import Register, Stage
+from ..runner import Failure
 
 log = logging.getLogger(__name__)
 ESTIMATED_BYTES = "_estimated_bytes"
@@ -140,6 +141,7 @@ class Save:
         return items
 
     def __call__(self, items: Iterable[Item]) -> Iterator[Item]:
+        self.failures: list[Failure] = []
         self.folder.mkdir(parents=True, exist_ok=True)
         written: dict[str, tuple[int, str]] = {}  # not the items: their images would stay
         for index, item in enumerate(items):
@@ -150,6 +152,7 @@ class Save:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                 log.error("save: item %r not written: %s", item.key, reason)
                 item.metadata["save_error"] = reason
+                self.failures.append(Failure(item.key, f"not written: {reason}"))
             yield item
 
     def _save(self, item: Item, index: int, written: dict[str, tuple[int, str]]) -> Path:

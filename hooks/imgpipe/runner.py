@@ -4,17 +4,33 @@ A stage is a callable over items. It may also offer, for the checks made before 
 `preview(items) -> items`, the items it would yield for those (keys and metadata, without
 doing the work), and `check(items)`, which raises `ConfigError` if it cannot take them (say,
 two would be written to one file); `items` is None where a stage before offers no preview.
+And `failures`, a list of `Failure`s it adds to as items fail (an item a stage drops or hands
+on as failed): the host reports them and exits 1, whatever was logged.
 """
 
 from __future__ import annotations
 
 from collections.abc import Generator, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from .config import StageConfig, load_config
 from .errors import ConfigError
 from .item import Item
 from .registry import Stage, StageRegistry
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An item a stage could not do: its key, and why, in words."""
+
+    key: str
+    reason: str
+
+
+def failures_of(stages: list[Stage]) -> list[Failure]:
+    """What the stages reported as failed, stage by stage."""
+    return [failure for stage in stages for failure in getattr(stage, "failures", ())]
 
 
 def build_pipeline(registry: StageRegistry, config: list[StageConfig]) -> list[Stage]:

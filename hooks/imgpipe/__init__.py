@@ -6,11 +6,12 @@ from .item import FetchError, Item, redact_url
 from .manager import PluginManager, make_plugin_manager
 from .markers import PROJECT, hookimpl, hookspec
 from .registry import Register, Stage, StageFactory, StageInfo, StageRegistry
-from .runner import build_pipeline, run_pipeline, run_stages
+from .runner import Failure, build_pipeline, check_pipeline, failures_of, run_pipeline, run_stages
 
 __all__ = [
     "PROJECT",
     "ConfigError",
+    "Failure",
     "FetchError",
     "Item",
     "OptionError",
@@ -25,6 +26,8 @@ __all__ = [
     "StageInfo",
     "StageRegistry",
     "build_pipeline",
+    "check_pipeline",
+    "failures_of",
     "hookimpl",
     "hookspec",
     "load_config",
