@@ -35,7 +35,7 @@ from imgpipe.stages.load import load
 from . import ledger as ledger_module
 from .api import by_source, failure_of, url_name
 from .auth import Credentials
-from .client import DEFAULT_BASE_URL, EXPAND_PATH, KlingClient, PollSchedule, RetryPolicy
+from .client import DEFAULT_BASE_URL, EXPAND_PATH, KlingClient, PollSchedule
 from .errors import (
     AccountError,
     AuthError,
@@ -74,7 +74,7 @@ from .plan import (
 from .prepare import ANIMATED_POLICIES, FitError, prepare
 from .progress import Progress
 from .report import ContactSheet, format_ratios
-from .stage import OutpaintStage
+from .stage import CHECK_RETRY, OutpaintStage
 from .stitch import canvas_at_original, content_of
 
 DEFAULT_PORT = 8765
@@ -84,7 +84,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 MAX_CLOCK_SKEW = 5.0
 """Seconds our clock may run ahead of the server's before its tokens are refused (`nbf`)."""
-CLI_RETRY = RetryPolicy(attempts=3, base_delay=0.5, deadline=30.0)
+CLI_RETRY = CHECK_RETRY
 log = logging.getLogger(__name__)
 
 EXIT_CODES = """exit codes:
