@@ -85,6 +85,8 @@ LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 MAX_CLOCK_SKEW = 5.0
 """Seconds our clock may run ahead of the server's before its tokens are refused (`nbf`)."""
 CLI_RETRY = CHECK_RETRY
+TYPICAL_TASK_SECONDS = 60.0
+"""A task's typical time from create to result, for `plan`'s estimate (--task-seconds)."""
 log = logging.getLogger(__name__)
 
 EXIT_CODES = """exit codes:
@@ -402,7 +404,18 @@ def _add_plan(
     plan.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders, globs, URLs")
     _add_target_options(plan)
     _add_format_options(plan)
-    plan.add_argument("--json", action="store_true", help="print a JSON list, one per input")
+    plan.add_argument(
+        "--concurrency", type=int, help="account task slots, for the time estimate (default 4)"
+    )
+    plan.add_argument(
+        "--task-seconds",
+        type=float,
+        default=TYPICAL_TASK_SECONDS,
+        help=f"a task's typical time, for the time estimate (default {TYPICAL_TASK_SECONDS:g})",
+    )
+    plan.add_argument(
+        "--json", action="store_true", help='print {"inputs": [one per input], "total": {...}}'
+    )
 
 
 def expand_command(args: argparse.Namespace) -> int:
@@ -519,12 +532,46 @@ def plan_command(args: argparse.Namespace) -> int:
             log.debug("planning %s", item.key, exc_info=True)
             problem = f"could not be planned ({type(exc).__name__})"
             plans.append(_refused(item.key, problem, "none: a bug in kling-expand; -vv shows it"))
+    total = _plan_total(plans, slots=args.concurrency or stage.concurrency, n=stage.n,
+                        task_seconds=args.task_seconds)  # fmt: skip
     if args.json:
-        _print_json(plans)
+        _print_json({"inputs": plans, "total": total})
     else:
         for plan in plans:
             print("\n".join(_plan_lines(plan)))
+        print(_total_line(total))
     return EXIT_FAILED if any("error" in plan for plan in plans) else EXIT_OK
+
+
+def _plan_total(
+    plans: list[dict[str, Any]], *, slots: int, n: int, task_seconds: float
+) -> dict[str, Any]:
+    """The batch: inputs planned and refused, tasks, units, time at `slots`, disk."""
+    planned = [plan for plan in plans if "error" not in plan]
+    tasks = sum(plan["tasks"] for plan in planned)
+    at_once = max(1, slots // max(n, 1))  # a task holds n slots while it runs
+    return {
+        "planned": len(planned),
+        "refused": len(plans) - len(planned),
+        "tasks": tasks,
+        "estimated_units": sum(plan["estimated_units"] for plan in planned),
+        "slots": slots,
+        "task_seconds": task_seconds,
+        "estimated_seconds": math.ceil(tasks / at_once) * task_seconds,
+        "estimated_bytes": sum(plan["estimated_bytes"] for plan in planned),
+    }
+
+
+def _total_line(total: dict[str, Any]) -> str:
+    seconds = total["estimated_seconds"]
+    time_taken = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+    return (
+        f"total: {_count(total['planned'], 'input')} planned, {total['refused']} refused; "
+        f"{_count(total['tasks'], 'task')}, about {_count(total['estimated_units'], 'unit')}; "
+        f"about {time_taken} at {_count(total['slots'], 'slot')} "
+        f"({total['task_seconds']:g} s a task); disk about "
+        f"{megabytes(total['estimated_bytes'])} (estimates)"
+    )
 
 
 def _plan_of(item: Item, stage: OutpaintStage) -> dict[str, Any]:
@@ -799,7 +846,9 @@ def _record(key: str, written: list[tuple[Item, Path | None]]) -> dict[str, Any]
 
 def _record_line(record: dict[str, Any]) -> str:
     if record["status"] in ("failed", "skipped"):
-        error = record["error"].removeprefix(f"item {record['key']!r}: ")
+        error, prefix = record["error"], f"item {record['key']!r}: "
+        while error.startswith(prefix):  # the key starts the line already
+            error = error.removeprefix(prefix)
         head = "FAILED" if record["status"] == "failed" else "SKIPPED (budget)"
         return f"{record['key']}: {head}: {error}"
     paths = ", ".join(result["path"] for result in record["results"])
