@@ -267,7 +267,8 @@ def _add_expand(
         epilog=(
             "examples:\n"
             "  kling-expand expand photos/ --aspect 16:9 --area 2 --n 2 --out banners/\n"
-            "  kling-expand expand a.jpg b.png --size 1920x1080 --anchor left --out out/\n"
+            "  kling-expand expand a.jpg b.png --size 1920x1080 --anchor left --max-passes 3 \n"
+            "    --out out/\n"
             "  kling-expand expand https://example.com/a.png --ratios 0,0,0.5,0.5 --out out/\n"
             "  kling-expand expand photos/ --aspect 16:9 --endpoint "
             "https://api-singapore.klingai.com --budget 40 --out out/\n\n" + EXIT_CODES
@@ -849,6 +850,7 @@ def _record_line(record: dict[str, Any]) -> str:
         error, prefix = record["error"], f"item {record['key']!r}: "
         while error.startswith(prefix):  # the key starts the line already
             error = error.removeprefix(prefix)
+        error = error.replace("with max_passes", "with --max-passes")  # the stage's word
         head = "FAILED" if record["status"] == "failed" else "SKIPPED (budget)"
         return f"{record['key']}: {head}: {error}"
     paths = ", ".join(result["path"] for result in record["results"])
