@@ -352,7 +352,7 @@ def _add_target_options(parser: argparse.ArgumentParser) -> None:
         "Where the original sits is --anchor; a target beyond one call's limits takes up to "
         "--max-passes calls.",
     )
-    target.add_argument("--aspect", help='target aspect ratio: "16:9", "4/3" or 1.78')
+    target.add_argument("--aspect", help='target aspect ratio: "16:9", "4/3", "16x9" or 1.78')
     target.add_argument(
         "--area",
         type=_area,
@@ -883,7 +883,9 @@ def _add_ratios(
     )
     ratios.add_argument("width", type=int, help="the original's width in pixels")
     ratios.add_argument("height", type=int, help="the original's height in pixels")
-    ratios.add_argument("--aspect", required=True, help='target aspect ratio: "16:9" or 1.78')
+    ratios.add_argument(
+        "--aspect", required=True, help='target aspect ratio: "16:9", "4/3", "16x9" or 1.78'
+    )
     ratios.add_argument(
         "--area",
         type=_area,
@@ -1280,7 +1282,8 @@ def _ledger_state(spec: str | Path) -> tuple[bool, str]:
     listed = ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
     size = f"{Path(spec).stat().st_size / 1024:.1f} KB; " if isinstance(spec, Path) else ""
     in_doubt = counts.get(ledger_module.INTENT, 0)
-    note = f"; {in_doubt} create(s) in doubt: re-run that batch to settle them" if in_doubt else ""
+    note = f"; {_count(in_doubt, 'create')} in doubt: re-run that batch to settle them"
+    note = note if in_doubt else ""
     return True, f"{ledger.path}: {size}{listed or 'no tasks'}{note}"
 
 

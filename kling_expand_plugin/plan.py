@@ -141,7 +141,10 @@ def parse_aspect(value: str | float | int) -> float:
             return _positive(float(text), value)
         except ValueError:
             pass
-    raise PlanError(f'aspect {value!r} is not a ratio such as "16:9" or 1.78', "aspect")
+    raise PlanError(
+        f'aspect {value!r} is not a ratio: "16:9", "16/9", "16x9" or a number such as 1.78',
+        "aspect",
+    )
 
 
 def parse_size(value: str | list[int] | tuple[int, int]) -> tuple[int, int]:
@@ -280,7 +283,7 @@ def plan_expansion(width: int, height: int, target: Target, *, scale: float = 1.
             raise PlanError(
                 f"growing {_size(width, height, scale)} to "
                 f"{_size(canvas.width, canvas.height, scale)} needs more than "
-                f"{target.max_passes} call(s): {far}{hint}"
+                f"{target.max_passes} call{'' if target.max_passes == 1 else 's'}: {far}{hint}"
             ) from None
     expanded = Canvas(upload[0] + left + right, upload[1] + top + bottom, Box(left, top, *upload))
     return Plan((width, height), crop, pad, passes, expanded, canvas, output_size)
