@@ -97,6 +97,8 @@ def test_every_readme_command_runs_or_parses(tmp_path):
             assert not unknown and parsed.handler, command
             continue
         module = "kling_expand_plugin.cli" if program == "kling-expand" else "imgpipe.cli"
+        for folder in ("out", "banners"):  # each example starts from a clean slate, as read
+            shutil.rmtree(cwd / folder, ignore_errors=True)
         done = subprocess.run(
             [sys.executable, "-m", module, *args],
             cwd=cwd,

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import inspect
 import logging
+import os
 import sys
 import textwrap
 import time
@@ -87,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("imgpipe: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `imgpipe stages | head`: the reader left; stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ITEM_ERRORS
 
 
 def _add_global_flags(parser: argparse.ArgumentParser, default: Any) -> None:
