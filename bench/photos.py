@@ -29,6 +29,8 @@ import numpy as np
 from harness import server_process, use_server_keys
 from PIL import Image
 
+from imgpipe.encoding import encode
+
 SIZE = (6000, 4000)
 SLOTS = 8
 EXPAND = [sys.executable, "-m", "kling_expand_plugin.cli", "expand"]
@@ -105,7 +107,8 @@ def imgpipe_command(url: str, inputs: Path, out: Path) -> list[str]:
 
 def pillow_floor(photo_path: Path, result: Image.Image, fmt: str) -> float:
     """CPU seconds Pillow needs for one photo: decode the input, decode the result, encode the
-    output (the result's size) in `fmt`."""
+    output (the result's size) in `fmt`, with the settings the stage uses by default (JPEG and
+    WebP quality 92, PNG level 1, WebP method 2)."""
     buffer = io.BytesIO()
     result.save(buffer, "PNG", compress_level=1)  # what the local server sends
     encoded_result = buffer.getvalue()
@@ -115,9 +118,7 @@ def pillow_floor(photo_path: Path, result: Image.Image, fmt: str) -> float:
     with Image.open(io.BytesIO(encoded_result)) as image:
         image.load()
         decoded = image
-    output = io.BytesIO()
-    options = {"png": {"compress_level": 1}, "jpeg": {"quality": 90}, "webp": {"quality": 90}}
-    decoded.save(output, fmt.upper(), **options[fmt])
+    encode(decoded, fmt.upper())  # the same encoder settings as the stage's defaults
     return time.process_time() - started
 
 

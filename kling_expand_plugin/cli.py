@@ -838,7 +838,10 @@ def _record(key: str, written: list[tuple[Item, Path | None]]) -> dict[str, Any]
     for item, path in written:
         meta = item.metadata.get("outpaint", {})
         results.append(
-            {"path": str(path), **{k: v for k, v in meta.items() if k not in ("mask", "upload")}}
+            {
+                "path": str(path),
+                **{k: v for k, v in meta.items() if k not in ("mask", "preview", "upload")},
+            }
         )
     status = "unchanged" if first.get("unchanged") else "done"
     units = float(first.get("units") or 0.0)

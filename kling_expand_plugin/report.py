@@ -89,7 +89,10 @@ class ContactSheet:
             return row
         for index, (item, path) in enumerate(outputs, start=1):
             meta = item.metadata["outpaint"]
-            image, size = _open_small(item.read_bytes())
+            if meta.get("preview"):  # made by the stage from the pixels it had
+                image, size = _open(meta["preview"]), (meta["canvas"][0], meta["canvas"][1])
+            else:
+                image, size = _open_small(item.read_bytes())
             left, top, right, bottom = meta["box"]
             box = (left, top, right, bottom)
             if row.original is None:

@@ -73,7 +73,7 @@ from .prepare import (
     prepare_as_sent,
 )
 from .slots import Slots
-from .stitch import generated_mask, stitch
+from .stitch import mask_png, stitch
 from .taskrunner import Budget, BudgetReached, Outcome, TaskRunner
 from .window import windowed_map
 
@@ -97,6 +97,7 @@ RESULT_FIELDS = (
     "canvas",
     "box",
     "mask",
+    "preview",
     "upload",
 )
 """The keys of every result's `metadata["outpaint"]`."""
@@ -480,7 +481,9 @@ class OutpaintStage:
         )
         width, height = decoded.original.size
         canvas = Canvas(width, height, Box(0, 0, width, height))
-        metadata = self._metadata(item, 0, [], plan, upload, canvas, unchanged=True)
+        metadata = self._metadata(
+            item, 0, [], plan, upload, canvas, decoded.original, unchanged=True
+        )
         return Item(result_key(name, 0, extension), data, media_type, metadata)
 
     def _stitched(
@@ -509,7 +512,7 @@ class OutpaintStage:
                 image, source, self.output, self.fit_options.background
             )
             metadata = self._metadata(
-                item, variant, outcomes, plan, upload, canvas, variants=len(variants)
+                item, variant, outcomes, plan, upload, canvas, image, variants=len(variants)
             )
             key = result_key(name, variant, extension)
             results.append(Item(key, encoded, media_type, metadata))
@@ -523,6 +526,7 @@ class OutpaintStage:
         plan: Plan,
         upload: Upload,
         canvas: Canvas,
+        image: Image.Image,
         *,
         variants: int = 1,
         unchanged: bool = False,
@@ -541,7 +545,8 @@ class OutpaintStage:
             "passes": [ratios.as_dict() for ratios in plan.passes],
             "canvas": [canvas.width, canvas.height],
             "box": list(canvas.box.as_tuple()),
-            "mask": _png(generated_mask(canvas)),
+            "mask": mask_png(canvas),
+            "preview": _preview(image),
             "upload": _upload_metadata(upload, plan),
         }
         assert set(outpaint) == set(RESULT_FIELDS)
@@ -703,9 +708,18 @@ def _open(source: Path | bytes) -> Image.Image:
     return image
 
 
-def _png(image: Image.Image) -> bytes:
+PREVIEW_SIZE = (512, 320)
+"""The largest preview kept with a result: twice the report's thumbnail, made from the pixels
+at hand so that the report need not decode the result again."""
+
+
+def _preview(image: Image.Image) -> bytes:
+    """A small JPEG of `image` (what the report shows)."""
+    factor = max(1, min(image.width // PREVIEW_SIZE[0], image.height // PREVIEW_SIZE[1]))
+    small = image.reduce(factor).convert("RGB")  # cheap: a box filter over whole blocks
+    small.thumbnail(PREVIEW_SIZE, Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
-    image.save(buffer, "PNG", compress_level=1)
+    small.save(buffer, "JPEG", quality=85)
     return buffer.getvalue()
 
 

@@ -4,6 +4,8 @@ original's full resolution, with the original's own pixels in their rectangle.""
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 from PIL import Image, ImageCms, ImageStat
@@ -104,6 +106,26 @@ def generated_mask(canvas: Canvas) -> Image.Image:
     mask = Image.new("1", (canvas.width, canvas.height), 255)
     mask.paste(0, canvas.box.as_tuple())
     return mask
+
+
+def mask_png(canvas: Canvas) -> bytes:
+    """`generated_mask(canvas)` as a PNG, written directly: its rows are of two kinds, so this
+    takes milliseconds where encoding the image takes a tenth of a second at 48 MP."""
+    width, height, box = canvas.width, canvas.height, canvas.box
+    row = Image.new("1", (width, 1), 255)
+    full = b"\0" + row.tobytes()  # filter type 0, then the packed bits
+    row.paste(0, (box.left, 0, box.right, 1))
+    middle = b"\0" + row.tobytes()
+    raw = full * box.top + middle * box.height + full * (height - box.bottom)
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit grey
+    return b"\x89PNG\r\n\x1a\n" + b"".join(
+        _chunk(kind, data)
+        for kind, data in ((b"IHDR", header), (b"IDAT", zlib.compress(raw, 6)), (b"IEND", b""))
+    )
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def _match_colour(cut: Image.Image, box: Box, reference: Image.Image) -> Image.Image:

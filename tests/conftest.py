@@ -6,6 +6,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+SLOW_FOLDERS = ("cli", "cluster", "reliability")
+"""Suites of subprocesses, Ray, PostgreSQL and long fault runs: `pytest -m "not slow"` leaves
+them out for a fast loop (CI runs everything)."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.parent.name in SLOW_FOLDERS:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture
 def http_server() -> Iterator[Callable[[dict[str, bytes]], str]]:

@@ -4,30 +4,22 @@ is tests/reliability/test_crash_resume.py."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from imgpipe import Item
 from kling_expand_plugin import taskrunner
 from kling_expand_plugin.localserver import LocalServer
 from kling_expand_plugin.stage import OutpaintStage
+from tests.helpers import picture
+
+pytestmark = pytest.mark.slow  # batches of 12 to 48 images over real HTTP
 
 KEYS = {
     "KLING_ACCESS_KEY": "batch-access-key",
     "KLING_SECRET_KEY": "batch-secret-key-0123456789abcdef",
 }
-
-
-def picture(number: int) -> bytes:
-    """A distinct small photo-like PNG per number (distinct inputs, distinct external ids)."""
-    image = Image.new("RGB", (320, 240), ((number * 37) % 256, (number * 91) % 256, 120))
-    image.paste((number % 256, 200, (number * 13) % 256), (40, 40, 120 + number % 100, 160))
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 def items(count: int) -> list[Item]:

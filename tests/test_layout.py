@@ -31,3 +31,43 @@ def test_the_host_installs_as_imgpipe_not_hooks():
     assert imgpipe.__file__.replace("\\", "/").endswith("hooks/imgpipe/__init__.py")
     loaded = loaded_after("import imgpipe, kling_expand_plugin.stage")
     assert "kling_expand_plugin.stage" in loaded
+
+
+def test_no_import_cycle_between_the_package_s_modules():
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).parents[1] / "kling_expand_plugin"
+    modules = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        tree = ast.parse(path.read_text())
+        typing_only = {
+            id(child)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+            for child in ast.walk(node)
+        }
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ImportFrom) or id(node) in typing_only or not node.level:
+                continue
+            base = package.split(".")[: len(package.split(".")) - node.level + 1]
+            target = ".".join(base + ([node.module] if node.module else []))
+            for alias in node.names:
+                for candidate in (f"{target}.{alias.name}", target):
+                    if candidate in graph and candidate != "kling_expand_plugin":
+                        graph[name].add(candidate)
+                        break
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        return any(
+            nxt == goal or (nxt not in seen and reaches(nxt, goal, seen | {nxt}))
+            for nxt in graph[start]
+        )
+
+    cycles = [name for name in graph if reaches(name, name, {name})]
+    assert not cycles, cycles

@@ -169,6 +169,7 @@ def test_half_written_results_left_by_a_crash_are_cleaned(tmp_path):
     assert not old.exists() and recent.exists()
 
 
+@pytest.mark.slow
 def test_processes_opening_a_new_ledger_at_once_all_succeed(tmp_path):
     # Eight processes race to create each of five new ledgers, at agreed moments.
     code = (

@@ -143,7 +143,7 @@ def test_bad_options_name_the_stage_and_the_option(registry, options, message):
 def test_a_real_endpoint_without_credentials_is_a_config_error(monkeypatch):
     for name in ("KLING_ACCESS_KEY", "KLING_SECRET_KEY", "KLING_API_KEY"):
         monkeypatch.delenv(name, raising=False)
-    with pytest.raises(Exception, match="KLING_"):
+    with pytest.raises(ConfigError, match="KLING_"):
         OutpaintStage(aspect="16:9", endpoint="https://api-singapore.klingai.com")
 
 

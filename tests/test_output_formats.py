@@ -63,6 +63,8 @@ def test_each_format_keeps_the_icc_profile_and_the_exif_less_its_orientation(for
     [image], [meta] = result.images, result.metadata
     left, top, right, bottom = meta["box"]
     assert (right - left, bottom - top) == (300, 400)  # upright: the orientation was applied
+    preview = Image.open(io.BytesIO(meta["preview"]))  # for the report: no second decode
+    assert preview.format == "JPEG" and preview.width <= 512 and preview.height <= 320
     assert image.format == {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}[format]
     assert image.info.get("icc_profile") == OTHER_RGB
     kept = image.getexif()

@@ -106,6 +106,7 @@ def client():
         yield client
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CORPUS))
 def test_each_awkward_input_is_fitted_into_a_request_the_server_accepts(client, name):
     _decoded, upload, plan = prepare(Item(name, CORPUS[name]()), WIDE)

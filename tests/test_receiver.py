@@ -21,6 +21,7 @@ from kling_expand_plugin.geometry import Ratios
 from kling_expand_plugin.localserver import LocalServer
 from kling_expand_plugin.models import Task, TaskStatus
 from kling_expand_plugin.receiver import MAX_BODY_BYTES, CallbackReceiver
+from tests.helpers import wait_until
 
 from .client.conftest import ACCESS_KEY, FAST_RETRY, SECRET_KEY, png_bytes
 
@@ -100,13 +101,6 @@ def create(client: KlingClient, receiver: CallbackReceiver, external_id: str) ->
         callback_url=receiver.url_for(external_id),
     )
     return client.create(request)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 def task_json(external_id: str, status: str = "succeed", task_id: str = "t-1") -> dict[str, Any]:

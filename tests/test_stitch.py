@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 from PIL import Image
 
@@ -87,3 +89,13 @@ def test_the_mask_marks_generated_pixels():
     box = plan.canvas.box
     assert mask.getpixel((0, 0)) == 255 and mask.getpixel((box.left, box.top)) == 0
     assert mask.getpixel((box.right, box.top)) == 255
+
+
+def test_the_mask_png_is_the_mask():
+    from kling_expand_plugin.geometry import Box, Canvas
+    from kling_expand_plugin.stitch import mask_png
+
+    for canvas in (Canvas(1001, 37, Box(3, 5, 990, 20)), Canvas(9, 9, Box(0, 0, 9, 9))):
+        written = Image.open(io.BytesIO(mask_png(canvas)))
+        assert written.mode == "1" and written.size == (canvas.width, canvas.height)
+        assert written.tobytes() == generated_mask(canvas).tobytes()

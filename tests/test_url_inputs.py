@@ -28,6 +28,8 @@ from imgpipe.stages.load import load
 from kling_expand_plugin.plan import Target
 from kling_expand_plugin.prepare import FitError, prepare
 
+pytestmark = pytest.mark.slow  # servers that drip and never stop; deadlines of a second
+
 SECRET = "Sig-0123456789abcdef-DO-NOT-SHOW"
 SIGNED = f"?X-Amz-Credential=AKIA-also-secret&X-Amz-Signature={SECRET}"
 HANDLER_SECONDS = 20.0

@@ -112,6 +112,7 @@ def test_odd_modes_and_names_are_written_and_the_report_shows_them(server, keys,
     assert Image.open(out / "caf%E9-0.png").size == tuple(
         by_key["caf%E9.png"]["results"][0]["canvas"]
     )
+    assert all("preview" not in r and "mask" not in r for r in by_key["grey.png"]["results"])
     [long_result] = by_key[long_name]["results"]
     assert (
         len(Path(long_result["path"]).name.encode()) <= 200 and Path(long_result["path"]).is_file()

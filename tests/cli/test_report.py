@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -82,8 +82,11 @@ def test_the_png_sheet_stops_at_its_row_limit(tmp_path, monkeypatch):
     assert 0 < heights[1] - heights[0] < 40  # one line of header more: "showing 3 of 8"
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs it)")
 def test_headless_chromium_shows_every_input_and_loads_every_image(batch, tmp_path):
+    if CHROMIUM is None:  # CI installs it, and there a missing tool fails rather than skips
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed; .ci/run installs it")
+        pytest.skip("chromium is not installed (.ci/run installs it)")
     ran, out, _ = batch
     keys = [record["key"] for record in ran.json()["inputs"]]
     url = (out / "report.html").resolve().as_uri()
@@ -119,4 +122,4 @@ def test_report_paths_are_relative_so_the_folder_can_move(batch, tmp_path):
     page = (moved / "report.html").read_text()
     for relative in re.findall(r'(?:src|href)="([^"]+)"', page):
         assert not relative.startswith("/") and (moved / relative).is_file()
-    assert isinstance(Path(moved / "report.png"), Path)
+    assert 'src="report-files/' in page  # the pictures travel with the page

@@ -7,7 +7,6 @@ in CI (CI=true), where that is a failure: CI installs both (`.ci/run`).
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import shutil
 import socket
@@ -18,7 +17,6 @@ from pathlib import Path
 from typing import NoReturn
 
 import pytest
-from PIL import Image
 
 POSTGRES_DSN_ENV = "KLING_TEST_POSTGRES_DSN"
 POSTGRES_BIN_ENV = "KLING_TEST_POSTGRES_BIN"
@@ -41,15 +39,6 @@ def require(module: str) -> None:
         __import__(module)
     except ImportError:
         unavailable(f'{module} is not installed: pip install -e ".[dev,ray]"')
-
-
-def picture(number: int) -> bytes:
-    """A distinct small PNG per number (distinct inputs, distinct external ids)."""
-    image = Image.new("RGB", (320, 240), ((number * 37) % 256, (number * 91) % 256, 120))
-    image.paste((number % 256, 200, (number * 13) % 256), (40, 40, 120 + number % 100, 160))
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="package")

@@ -11,8 +11,9 @@ from kling_expand_plugin.ledger import SqliteLedger, StoredBytes, open_ledger
 from kling_expand_plugin.localserver import LocalServer
 from kling_expand_plugin.models import Task
 from kling_expand_plugin.stage import OutpaintStage
+from tests.helpers import picture
 
-from .conftest import KEYS, picture, require
+from .conftest import KEYS, require
 
 ENDPOINT = "https://kling.example"
 
@@ -100,7 +101,7 @@ def test_of_workers_claiming_one_external_id_at_once_exactly_one_creates(fresh_p
 
 def test_the_password_never_shows():
     require("psycopg")
-    from kling_expand_plugin.ledger_postgres import describe
+    from kling_expand_plugin.ledger.postgres import describe
 
     described = describe("postgresql://user:hunter2-secret@db.example:5433/kling?sslmode=require")
     assert described == "postgresql://user@db.example:5433/kling"

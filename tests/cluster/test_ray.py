@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from kling_expand_plugin.localserver import LocalServer
+from tests.helpers import picture
 
-from .conftest import KEYS, picture, require
+from .conftest import KEYS, require
 
 require("ray")
 from kling_expand_plugin.cluster import Outpaint, ResultFolder, account_slots  # noqa: E402

@@ -138,16 +138,6 @@ class Api:
         raise AssertionError(f"task {task_id} did not end within {timeout} s")
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll `condition` until it holds (bounded)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.01)
-    raise AssertionError("condition not met in time")
-
-
 def _start(**options: Any) -> LocalServer:
     """A started LocalServer: JWT keys, 0.05 s latency and the "fast" fill unless told."""
     settings: dict[str, Any] = {

@@ -7,8 +7,9 @@ import time
 import pytest
 
 from kling_expand_plugin.webhooks import verify
+from tests.helpers import wait_until
 
-from .conftest import create_body, wait_until
+from .conftest import create_body
 
 SECRET = "whsec_dGVzdHNlY3JldHRlc3RzZWNyZXR0ZXN0c2VjcmV0MTI="
 

@@ -20,6 +20,8 @@ from kling_expand_plugin.localserver.faults import FAULTS
 
 from .conftest import ACCESS_KEY, EXPAND, SECRET_KEY, auth_headers, create_body, make_token
 
+pytestmark = pytest.mark.slow  # `kling-expand serve` in subprocesses
+
 
 class Served:
     """A running `kling-expand serve`: its URL and the lines it printed (read on a thread)."""

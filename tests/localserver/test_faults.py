@@ -9,8 +9,9 @@ import requests
 
 from kling_expand_plugin.localserver import LocalServer
 from kling_expand_plugin.localserver.tasks import FAILURE_MESSAGES
+from tests.helpers import wait_until
 
-from .conftest import EXPAND, create_body, wait_until
+from .conftest import EXPAND, create_body
 
 HTTP_STATUS = {5000: 500, 5001: 503, 5002: 504}
 

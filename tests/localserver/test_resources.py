@@ -14,8 +14,11 @@ import pytest
 import requests
 
 from kling_expand_plugin import limits
+from tests.helpers import wait_until
 
-from .conftest import EXPAND, auth_headers, create_body, make_token, wait_until
+from .conftest import EXPAND, auth_headers, create_body, make_token
+
+pytestmark = pytest.mark.slow  # connection and byte limits waited out
 
 
 def _create(api, **overrides) -> dict:

@@ -11,8 +11,9 @@ from PIL import Image
 
 from kling_expand_plugin.geometry import Ratios, canvas_for
 from kling_expand_plugin.localserver import LocalServer
+from tests.helpers import wait_until
 
-from .conftest import EXPAND, b64, create_body, image_bytes, wait_until
+from .conftest import EXPAND, b64, create_body, image_bytes
 
 TASK_FIELDS = {
     "task_id",

@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-import io
 import random
 from typing import Any
 
 import pytest
-from PIL import Image
 
 from kling_expand_plugin.localserver import LocalServer
 
 ACCESS_KEY = "reliability-access-key"
 SECRET_KEY = "reliability-SECRET-KEY-5f0c2a9e7b1d"
 KEYS = {"KLING_ACCESS_KEY": ACCESS_KEY, "KLING_SECRET_KEY": SECRET_KEY}
-
-
-def picture(number: int, size: tuple[int, int] = (320, 240)) -> bytes:
-    """A distinct small PNG per number (distinct inputs have distinct external ids)."""
-    image = Image.new("RGB", size, ((number * 37) % 256, (number * 91) % 256, 120))
-    box = (size[0] // 8, size[1] // 6, size[0] // 2 + number % 100, size[1] * 2 // 3)
-    image.paste(((number // 256) % 256, 200, number % 256), box)
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 def varied_latency(rng: random.Random) -> float:

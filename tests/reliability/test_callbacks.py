@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import threading
 import time
 import uuid
@@ -27,18 +26,13 @@ import requests
 from imgpipe import Item
 from kling_expand_plugin import webhooks
 from kling_expand_plugin.stage import OutpaintStage
+from tests.helpers import free_port, picture
 
-from .conftest import local_server, picture
+from .conftest import local_server
 
 SECRET = "whsec_" + base64.b64encode(b"callbacks-test-webhook-secret-01").decode()
 WRONG_SECRET = "whsec_" + base64.b64encode(b"an-attacker-guessed-this-secret!").decode()
 IMAGES = 12
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def as_failed(body: bytes) -> bytes:

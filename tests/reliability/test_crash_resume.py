@@ -13,7 +13,9 @@ import time
 import pytest
 from PIL import Image
 
-from .conftest import KEYS, local_server, picture
+from tests.helpers import picture
+
+from .conftest import KEYS, local_server
 
 IMAGES = 60
 SLOTS = 4

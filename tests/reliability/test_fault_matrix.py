@@ -13,8 +13,9 @@ from imgpipe import Item
 from kling_expand_plugin.localserver.faults import FAULTS
 from kling_expand_plugin.localserver.tasks import FAILURE_MESSAGES
 from kling_expand_plugin.stage import OutpaintStage
+from tests.helpers import picture
 
-from .conftest import local_server, picture
+from .conftest import local_server
 
 IMAGES = 200
 SLOTS = 8

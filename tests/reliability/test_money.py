@@ -10,7 +10,6 @@ import base64
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +28,7 @@ from kling_expand_plugin import limits
 from kling_expand_plugin.api import by_source, expand_many
 from kling_expand_plugin.auth import Credentials
 from kling_expand_plugin.client import ExpandRequest, KlingClient
+from kling_expand_plugin.errors import DownloadError
 from kling_expand_plugin.geometry import Ratios
 from kling_expand_plugin.ledger import SqliteLedger, normalise_endpoint
 from kling_expand_plugin.localserver import LocalServer
@@ -36,8 +36,9 @@ from kling_expand_plugin.receiver import CallbackReceiver
 from kling_expand_plugin.slots import Slots
 from kling_expand_plugin.stage import OutpaintStage, _next_input, _result_bytes
 from kling_expand_plugin.taskrunner import TaskRunner
+from tests.helpers import free_port, picture
 
-from .conftest import ACCESS_KEY, KEYS, SECRET_KEY, local_server, picture
+from .conftest import ACCESS_KEY, KEYS, SECRET_KEY, local_server
 
 pytestmark = pytest.mark.usefixtures("credentials")
 
@@ -53,12 +54,6 @@ def stage(url: str, ledger: Path, **options) -> OutpaintStage:
 
 def items(count: int, first: int = 0) -> list[Item]:
     return [Item(f"img{n}.png", picture(n)) for n in range(first, first + count)]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def cli(*args: str) -> list[str]:
@@ -96,7 +91,7 @@ def test_a_result_larger_than_the_old_fixed_cap_is_downloaded(tmp_path):
         )
         # The old code capped every result at a fixed size, whatever the canvas: at 1 MB this
         # 1500 x 1500 expansion (2400 x 2400) fails; at the planned canvas's cap it succeeds.
-        with pytest.raises(Exception, match="cap"):
+        with pytest.raises(DownloadError, match="cap"):
             runner.run("small-cap.jpg", request, max_bytes=1_000_000)
         outcome = runner.run("planned-cap.jpg", request, max_bytes=_result_bytes((2400, 2400)))
         stats = server.stats()

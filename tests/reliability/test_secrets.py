@@ -20,8 +20,9 @@ import pytest
 
 from imgpipe import Item
 from kling_expand_plugin.stage import OutpaintStage
+from tests.helpers import picture
 
-from .conftest import KEYS, SECRET_KEY, local_server, picture
+from .conftest import KEYS, SECRET_KEY, local_server
 
 WEBHOOK_KEY = b"reliability-WEBHOOK-raw-key-0042"
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(WEBHOOK_KEY).decode()
