@@ -6,7 +6,6 @@ what the umask says, the already-shaped image under the same name as any result.
 from __future__ import annotations
 
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from PIL import Image
 
 from imgpipe import ConfigError, load_config
 from kling_expand_plugin.localserver import LocalServer
+from tests.helpers import free_port
 
 KEYS = {
     "KLING_ACCESS_KEY": "AK-pipeline-0123456789",
@@ -209,6 +209,7 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
+@pytest.mark.slow  # subprocesses
 def test_an_unknown_option_says_did_you_mean_and_lists_only_config_options(tmp_path, photos):
     path = write(
         tmp_path,
@@ -232,6 +233,7 @@ def test_an_unknown_option_says_did_you_mean_and_lists_only_config_options(tmp_p
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # subprocesses
 def test_a_pipeline_without_load_or_save_is_refused_unless_it_says_so(tmp_path, photos):
     no_save = f'[[stages]]\nstage = "load"\npaths = ["{photos}"]\n'
     ran = imgpipe("run", str(write(tmp_path, no_save)))
@@ -250,6 +252,7 @@ def test_a_pipeline_without_load_or_save_is_refused_unless_it_says_so(tmp_path, 
     assert ran.returncode == 2 and "allow_no_load must be true or false" in ran.stderr
 
 
+@pytest.mark.slow  # subprocesses
 def test_check_and_dry_run_list_the_work_and_pay_nothing(server, photos, tmp_path):
     path = config(tmp_path, server, [str(photos)], f'folder = "{tmp_path / "out"}"')
     for args in (["check", str(path)], ["run", str(path), "--dry-run", "-v"]):
@@ -267,6 +270,7 @@ def test_check_and_dry_run_list_the_work_and_pay_nothing(server, photos, tmp_pat
     assert not list((tmp_path / "out").iterdir())
 
 
+@pytest.mark.slow  # subprocesses
 def test_stages_shows_each_stages_options(tmp_path):
     ran = imgpipe("-q", "stages")
     assert ran.returncode == 0, ran.stderr
@@ -277,6 +281,7 @@ def test_stages_shows_each_stages_options(tmp_path):
     assert "folder (required), name = '{stem}.{ext}'" in text
 
 
+@pytest.mark.slow  # subprocesses
 def test_the_endpoint_and_its_credentials_are_checked_before_any_work(server, photos, tmp_path):
     path = config(tmp_path, server, [str(photos)], f'folder = "{tmp_path / "out"}"')
     wrong_keys = path.read_text()
@@ -284,9 +289,7 @@ def test_the_endpoint_and_its_credentials_are_checked_before_any_work(server, ph
         "KLING_SECRET_KEY": "SK-not-the-right-one-0123456789abcdef"})  # fmt: skip
     assert refused.returncode == 2, refused.stderr
     assert f"stage #2: outpaint: endpoint {server.url}:" in refused.stderr
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    closed = f"http://127.0.0.1:{free_port()}"
     path.write_text(wrong_keys.replace(server.url, closed))
     unreachable = imgpipe("run", str(path), timeout=90)
     assert unreachable.returncode == 2 and f"outpaint: endpoint {closed}:" in unreachable.stderr
