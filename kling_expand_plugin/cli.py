@@ -4,10 +4,13 @@ setup, and run the local Kling-compatible server. `kling-expand COMMAND --help` 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
+import math
 import os
 import random
+import re
 import secrets
 import shutil
 import signal
@@ -20,19 +23,19 @@ from contextlib import ExitStack, contextmanager
 from email.utils import parsedate_to_datetime
 from pathlib import Path, PurePosixPath
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import requests
 
-from imgpipe import ConfigError, Item
+from imgpipe import ConfigError, Item, OptionError
 from imgpipe.files import ExistsError, clean_leftovers, write_atomically
 from imgpipe.stages.load import load
 
 from . import ledger as ledger_module
 from .api import by_source, failure_of, url_name
 from .auth import Credentials
-from .client import DEFAULT_BASE_URL, EXPAND_PATH, KlingClient, PollSchedule, RetryPolicy
+from .client import DEFAULT_BASE_URL, EXPAND_PATH, KlingClient, PollSchedule
 from .errors import (
     AccountError,
     AuthError,
@@ -59,11 +62,19 @@ from .output import (
     megabytes,
     result_key,
 )
-from .plan import ANCHORS, ASPECT_POLICIES, MAX_AREA, PlanError, parse_aspect, ratios_for_aspect
+from .plan import (
+    ANCHORS,
+    ASPECT_POLICIES,
+    MAX_AREA,
+    PlanError,
+    largest_size,
+    parse_aspect,
+    ratios_for_aspect,
+)
 from .prepare import ANIMATED_POLICIES, FitError, prepare
 from .progress import Progress
 from .report import ContactSheet, format_ratios
-from .stage import OutpaintStage
+from .stage import CHECK_RETRY, OutpaintStage
 from .stitch import canvas_at_original, content_of
 
 DEFAULT_PORT = 8765
@@ -73,7 +84,9 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 MAX_CLOCK_SKEW = 5.0
 """Seconds our clock may run ahead of the server's before its tokens are refused (`nbf`)."""
-CLI_RETRY = RetryPolicy(attempts=3, base_delay=0.5, deadline=30.0)
+CLI_RETRY = CHECK_RETRY
+TYPICAL_TASK_SECONDS = 60.0
+"""A task's typical time from create to result, for `plan`'s estimate (--task-seconds)."""
 log = logging.getLogger(__name__)
 
 EXIT_CODES = """exit codes:
@@ -108,14 +121,18 @@ class Unreachable(Exception):
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    command_parser: argparse.ArgumentParser = args.parser
+    if unknown:
+        sys.exit(_usage_error(command_parser, _unknown_flags(command_parser, unknown), usage=True))
     _setup_logging(args.verbose, args.quiet)
     handler: Callable[[argparse.Namespace], int] = args.handler
-    command_parser: argparse.ArgumentParser = args.parser
     try:
         return handler(args)
+    except OptionError as error:  # a stage option: say it as the flag the user typed
+        command_parser.error(f"{_flag(error.option)}: {error.message}")
     except (UsageError, ConfigError, CredentialsError, PlanError) as error:
-        command_parser.error(str(error))
+        command_parser.error(_in_flags(str(error)))
     except Unreachable as error:
         print(f"kling-expand: {error}", file=sys.stderr)
         return EXIT_UNREACHABLE
@@ -131,8 +148,43 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_USAGE  # not reached: parser.error exits
 
 
+def _flag(option: str) -> str:
+    """The command-line name of a stage option: `paths` is the INPUT argument."""
+    return "INPUT" if option == "paths" else "--" + option.replace("_", "-")
+
+
+def _in_flags(message: str) -> str:
+    """A stage's message with its `option 'name'` phrases said as flags."""
+    return re.sub(r"option '(\w+)'", lambda match: _flag(match.group(1)), message)
+
+
+def _unknown_flags(parser: argparse.ArgumentParser, unknown: list[str]) -> str:
+    flags = [flag for action in parser._actions for flag in action.option_strings]
+    words = []
+    for arg in unknown:
+        close = difflib.get_close_matches(arg.partition("=")[0], flags, n=1)
+        words.append(f"{arg} (did you mean {close[0]}?)" if close else arg)
+    return f"unrecognized arguments: {' '.join(words)}"
+
+
+def _usage_error(parser: argparse.ArgumentParser, message: str, *, usage: bool = False) -> int:
+    """One line (after the usage line for a mistyped flag) and a pointer to --help: exit 2."""
+    if usage:
+        parser.print_usage(sys.stderr)
+    print(f"{parser.prog}: error: {message} (see '{parser.prog} --help')", file=sys.stderr)
+    return EXIT_USAGE
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, its errors one line instead of the whole usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        missing = message.startswith("the following arguments are required")
+        sys.exit(_usage_error(self, message.removeprefix("argument "), usage=missing))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="kling-expand",
         description=(
             "Expand (outpaint) images with the Kling AI Image Expansion API, or with the local "
@@ -141,12 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"{EXAMPLES}\n\n{EXIT_CODES}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "-v", "--verbose", action="count", default=0, help="more logging; -vv for debug"
+    _add_global_flags(parser, default=0)
+    commands: argparse._SubParsersAction[argparse.ArgumentParser]
+    commands = parser.add_subparsers(  # type: ignore[assignment]
+        dest="command", required=True, metavar="COMMAND"
     )
-    common.add_argument("-q", "--quiet", action="store_true", help="errors only")
+    common = argparse.ArgumentParser(add_help=False)
+    _add_global_flags(common, default=argparse.SUPPRESS)  # keeps a -v given before the command
     _add_expand(commands, common)
     _add_plan(commands, common)
     _add_ratios(commands, common)
@@ -154,6 +207,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_doctor(commands, common)
     _add_serve(commands, common)
     return parser
+
+
+def _add_global_flags(parser: argparse.ArgumentParser, default: Any) -> None:
+    """-v and -q, taken before the command's name or after it."""
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=default, help="more logging; -vv for debug"
+    )
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", default=default or False, help="errors only"
+    )
 
 
 def _command(
@@ -165,9 +228,11 @@ def _command(
     help: str,
     description: str,
     epilog: str = EXIT_CODES,
+    usage: str | None = None,
 ) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = commands.add_parser(
         name,
+        usage=usage,
         parents=[common],
         help=help,
         description=description,
@@ -189,6 +254,8 @@ def _add_expand(
         common,
         "expand",
         expand_command,
+        usage="%(prog)s INPUT... --out DIR (--aspect R [--area A] | --size WxH | --ratios U,D,L,R) "
+        "[options]",
         help="expand images, write the results and a report (report.html, report.png)",
         description=(
             "Expand every image named (files, folders, globs, http(s) URLs) and write each "
@@ -200,7 +267,8 @@ def _add_expand(
         epilog=(
             "examples:\n"
             "  kling-expand expand photos/ --aspect 16:9 --area 2 --n 2 --out banners/\n"
-            "  kling-expand expand a.jpg b.png --size 1920x1080 --anchor left --out out/\n"
+            "  kling-expand expand a.jpg b.png --size 1920x1080 --anchor left --max-passes 3 \n"
+            "    --out out/\n"
             "  kling-expand expand https://example.com/a.png --ratios 0,0,0.5,0.5 --out out/\n"
             "  kling-expand expand photos/ --aspect 16:9 --endpoint "
             "https://api-singapore.klingai.com --budget 40 --out out/\n\n" + EXIT_CODES
@@ -284,7 +352,7 @@ def _add_target_options(parser: argparse.ArgumentParser) -> None:
         "Where the original sits is --anchor; a target beyond one call's limits takes up to "
         "--max-passes calls.",
     )
-    target.add_argument("--aspect", help='target aspect ratio: "16:9", "4/3" or 1.78')
+    target.add_argument("--aspect", help='target aspect ratio: "16:9", "4/3", "16x9" or 1.78')
     target.add_argument(
         "--area",
         type=_area,
@@ -321,6 +389,7 @@ def _add_plan(
         common,
         "plan",
         plan_command,
+        usage="%(prog)s INPUT... (--aspect R [--area A] | --size WxH | --ratios U,D,L,R) [options]",
         help="dry run: what expand would do with each input, without creating a task",
         description=(
             "For each input: how it would be fitted to the API's limits, the ratios of each "
@@ -336,7 +405,18 @@ def _add_plan(
     plan.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders, globs, URLs")
     _add_target_options(plan)
     _add_format_options(plan)
-    plan.add_argument("--json", action="store_true", help="print a JSON list, one per input")
+    plan.add_argument(
+        "--concurrency", type=int, help="account task slots, for the time estimate (default 4)"
+    )
+    plan.add_argument(
+        "--task-seconds",
+        type=float,
+        default=TYPICAL_TASK_SECONDS,
+        help=f"a task's typical time, for the time estimate (default {TYPICAL_TASK_SECONDS:g})",
+    )
+    plan.add_argument(
+        "--json", action="store_true", help='print {"inputs": [one per input], "total": {...}}'
+    )
 
 
 def expand_command(args: argparse.Namespace) -> int:
@@ -365,7 +445,10 @@ def expand_command(args: argparse.Namespace) -> int:
     progress = Progress(lambda: stage.summary, total=len(items), n=n)
     if args.skip_existing and existing and not args.json and not args.quiet:
         print(f"{_count(len(existing), 'input')} left out: their results are in {out} already")
-    with progress, _logging_through(progress.handler(LOG_FORMAT)), _stopping_on_ctrl_c(stage):
+    logs = progress.handler(LOG_FORMAT)
+    if args.verbose == 0:
+        logs.addFilter(_not_an_input_error)  # each failed input is printed once, as FAILED
+    with progress, _logging_through(logs), _stopping_on_ctrl_c(stage):
         try:
             for key, outputs in by_source(stage(items)):
                 written = _write_results(out, outputs, overwrite=args.overwrite)
@@ -394,14 +477,20 @@ def expand_command(args: argparse.Namespace) -> int:
         there = f", {len(existing)} already there" if existing else ""
         print(
             f"{_count(total, 'input')}: {summary['done']} done, {summary['failed']} failed, "
-            f"{summary['skipped']} skipped (budget){there}; {summary['results']} results; "
-            f"{summary['units']:g} units; {summary['seconds']:.1f} s"
+            f"{summary['skipped']} skipped (budget){there}; "
+            f"{_count(summary['results'], 'result')}; {_units(summary['units'])}; "
+            f"{summary['seconds']:.1f} s"
         )
         print(f"report: {html_path} (picture: {png_path})")
     if stage.cancelled:
         return EXIT_INTERRUPTED
     failed = error is not None or summary["failed"] or summary["skipped"]
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _not_an_input_error(record: logging.LogRecord) -> bool:
+    """False for the stage's errors about inputs, which the command prints itself."""
+    return not (record.name == "kling_expand_plugin.stage" and record.levelno == logging.ERROR)
 
 
 @contextmanager
@@ -444,12 +533,46 @@ def plan_command(args: argparse.Namespace) -> int:
             log.debug("planning %s", item.key, exc_info=True)
             problem = f"could not be planned ({type(exc).__name__})"
             plans.append(_refused(item.key, problem, "none: a bug in kling-expand; -vv shows it"))
+    total = _plan_total(plans, slots=args.concurrency or stage.concurrency, n=stage.n,
+                        task_seconds=args.task_seconds)  # fmt: skip
     if args.json:
-        _print_json(plans)
+        _print_json({"inputs": plans, "total": total})
     else:
         for plan in plans:
             print("\n".join(_plan_lines(plan)))
+        print(_total_line(total))
     return EXIT_FAILED if any("error" in plan for plan in plans) else EXIT_OK
+
+
+def _plan_total(
+    plans: list[dict[str, Any]], *, slots: int, n: int, task_seconds: float
+) -> dict[str, Any]:
+    """The batch: inputs planned and refused, tasks, units, time at `slots`, disk."""
+    planned = [plan for plan in plans if "error" not in plan]
+    tasks = sum(plan["tasks"] for plan in planned)
+    at_once = max(1, slots // max(n, 1))  # a task holds n slots while it runs
+    return {
+        "planned": len(planned),
+        "refused": len(plans) - len(planned),
+        "tasks": tasks,
+        "estimated_units": sum(plan["estimated_units"] for plan in planned),
+        "slots": slots,
+        "task_seconds": task_seconds,
+        "estimated_seconds": math.ceil(tasks / at_once) * task_seconds,
+        "estimated_bytes": sum(plan["estimated_bytes"] for plan in planned),
+    }
+
+
+def _total_line(total: dict[str, Any]) -> str:
+    seconds = total["estimated_seconds"]
+    time_taken = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+    return (
+        f"total: {_count(total['planned'], 'input')} planned, {total['refused']} refused; "
+        f"{_count(total['tasks'], 'task')}, about {_count(total['estimated_units'], 'unit')}; "
+        f"about {time_taken} at {_count(total['slots'], 'slot')} "
+        f"({total['task_seconds']:g} s a task); disk about "
+        f"{megabytes(total['estimated_bytes'])} (estimates)"
+    )
 
 
 def _plan_of(item: Item, stage: OutpaintStage) -> dict[str, Any]:
@@ -516,8 +639,9 @@ def _plan_lines(plan: dict[str, Any]) -> list[str]:
         f"  canvas:  {plan['canvas'][0]} x {plan['canvas'][1]}, the original at "
         f"({left}, {top})-({right}, {bottom})"
         + (f", then resized to {resized[0]} x {resized[1]}" if resized else ""),
-        f"  cost:    {plan['tasks']} task(s), {plan['slots']} slot(s) each while running, "
-        f"about {plan['estimated_units']} unit(s) (an estimate: the API reports the real figure)",
+        f"  cost:    {_count(plan['tasks'], 'task')}, {_count(plan['slots'], 'slot')} each while "
+        f"running, about {_count(plan['estimated_units'], 'unit')} (an estimate: the API reports "
+        "the real figure)",
         disk,
     ]
     return lines
@@ -560,6 +684,10 @@ def _stage_options(args: argparse.Namespace, *, endpoint: bool) -> dict[str, Any
             "recreate_lost",
         ]
     options = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    if sum(name in options for name in ("aspect", "size", "ratios")) != 1:
+        raise UsageError("give one target: --aspect (with --area), --size or --ratios")
+    if "area" in options and "aspect" not in options:
+        raise UsageError("--area goes with --aspect")
     if "n" in options and "concurrency" not in options:
         options["concurrency"] = max(4, options["n"])  # room for one task, whatever n is
     return options
@@ -669,6 +797,10 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
+def _units(units: float) -> str:
+    return f"{units:g} unit{'' if units == 1 else 's'}"
+
+
 def _write_results(
     out: Path, outputs: list[Item], *, overwrite: bool
 ) -> list[tuple[Item, Path | None]]:
@@ -697,7 +829,8 @@ def _record(key: str, written: list[tuple[Item, Path | None]]) -> dict[str, Any]
     """One input's outcome, for --json and the printed line."""
     first = written[0][0].metadata.get("outpaint", {})
     if "error" in first:
-        return {"key": key, "status": "failed", "error": str(first["error"]), "results": []}
+        status = "skipped" if first.get("skipped") else "failed"
+        return {"key": key, "status": status, "error": str(first["error"]), "results": []}
     errors = [item.metadata["outpaint"]["write_error"] for item, path in written if path is None]
     if errors:
         return {"key": key, "status": "failed", "error": "; ".join(errors), "results": []}
@@ -716,15 +849,20 @@ def _record(key: str, written: list[tuple[Item, Path | None]]) -> dict[str, Any]
 
 
 def _record_line(record: dict[str, Any]) -> str:
-    if record["status"] == "failed":
-        return f"{record['key']}: FAILED: {record['error']}"
+    if record["status"] in ("failed", "skipped"):
+        error, prefix = record["error"], f"item {record['key']!r}: "
+        while error.startswith(prefix):  # the key starts the line already
+            error = error.removeprefix(prefix)
+        error = error.replace("with max_passes", "with --max-passes")  # the stage's word
+        head = "FAILED" if record["status"] == "failed" else "SKIPPED (budget)"
+        return f"{record['key']}: {head}: {error}"
     paths = ", ".join(result["path"] for result in record["results"])
     if record["status"] == "exists":
         return f"{record['key']}: left out, its results are there already: {paths}"
     if record["status"] == "unchanged":
         return f"{record['key']}: already the target shape, copied to {paths}"
     canvas = record["results"][0]["canvas"]
-    return f"{record['key']}: {canvas[0]} x {canvas[1]}, {record['units']:g} units -> {paths}"
+    return f"{record['key']}: {canvas[0]} x {canvas[1]}, {_units(record['units'])} -> {paths}"
 
 
 # -- ratios --------------------------------------------------------------------------------------
@@ -748,17 +886,27 @@ def _add_ratios(
     )
     ratios.add_argument("width", type=int, help="the original's width in pixels")
     ratios.add_argument("height", type=int, help="the original's height in pixels")
-    ratios.add_argument("--aspect", required=True, help='target aspect ratio: "16:9" or 1.78')
-    ratios.add_argument("--area", type=float, required=True, help="canvas area, 1..3 originals")
+    ratios.add_argument(
+        "--aspect", required=True, help='target aspect ratio: "16:9", "4/3", "16x9" or 1.78'
+    )
+    ratios.add_argument(
+        "--area",
+        type=_area,
+        required=True,
+        help='canvas area, 1..3 originals, or "max": the largest canvas one call makes',
+    )
     ratios.add_argument("--json", action="store_true", help="print the ratios and the canvas")
 
 
 def ratios_command(args: argparse.Namespace) -> int:
     if args.width < 1 or args.height < 1:
         raise UsageError("width and height must be positive")
-    ratios = ratios_for_aspect(
-        args.width, args.height, aspect=parse_aspect(args.aspect), area=args.area
-    )
+    aspect = parse_aspect(args.aspect)
+    area = args.area
+    if area == MAX_AREA:
+        width, height = largest_size(args.width, args.height, aspect, (0.5, 0.5))
+        area = math.floor(width) * math.floor(height) / (args.width * args.height)
+    ratios = ratios_for_aspect(args.width, args.height, aspect=aspect, area=area)
     problems = ratios.problems()
     if problems:
         raise UsageError("; ".join(problems))
@@ -1137,7 +1285,8 @@ def _ledger_state(spec: str | Path) -> tuple[bool, str]:
     listed = ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
     size = f"{Path(spec).stat().st_size / 1024:.1f} KB; " if isinstance(spec, Path) else ""
     in_doubt = counts.get(ledger_module.INTENT, 0)
-    note = f"; {in_doubt} create(s) in doubt: re-run that batch to settle them" if in_doubt else ""
+    note = f"; {_count(in_doubt, 'create')} in doubt: re-run that batch to settle them"
+    note = note if in_doubt else ""
     return True, f"{ledger.path}: {size}{listed or 'no tasks'}{note}"
 
 

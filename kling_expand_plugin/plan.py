@@ -141,7 +141,10 @@ def parse_aspect(value: str | float | int) -> float:
             return _positive(float(text), value)
         except ValueError:
             pass
-    raise PlanError(f'aspect {value!r} is not a ratio such as "16:9" or 1.78', "aspect")
+    raise PlanError(
+        f'aspect {value!r} is not a ratio: "16:9", "16/9", "16x9" or a number such as 1.78',
+        "aspect",
+    )
 
 
 def parse_size(value: str | list[int] | tuple[int, int]) -> tuple[int, int]:
@@ -215,7 +218,7 @@ def _smallest_size(width: int, height: int, aspect: float) -> tuple[float, float
     return width, width / aspect
 
 
-def _largest_size(
+def largest_size(
     width: int, height: int, aspect: float, anchor: tuple[float, float], scale: float = 1.0
 ) -> tuple[float, float]:
     """The largest canvas of `aspect` one call can make around a `width` x `height` image."""
@@ -280,7 +283,7 @@ def plan_expansion(width: int, height: int, target: Target, *, scale: float = 1.
             raise PlanError(
                 f"growing {_size(width, height, scale)} to "
                 f"{_size(canvas.width, canvas.height, scale)} needs more than "
-                f"{target.max_passes} call(s): {far}{hint}"
+                f"{target.max_passes} call{'' if target.max_passes == 1 else 's'}: {far}{hint}"
             ) from None
     expanded = Canvas(upload[0] + left + right, upload[1] + top + bottom, Box(left, top, *upload))
     return Plan((width, height), crop, pad, passes, expanded, canvas, output_size)
@@ -305,7 +308,7 @@ def _desired_canvas(
         if target.area is None:
             size = _smallest_size(width, height, target.aspect)
         elif target.area == MAX_AREA:
-            size = _largest_size(width, height, target.aspect, target.anchor, scale)
+            size = largest_size(width, height, target.aspect, target.anchor, scale)
         else:
             assert isinstance(target.area, int | float)
             size = _size_for_area(width, height, target.aspect, float(target.area), scale)

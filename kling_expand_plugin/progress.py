@@ -16,7 +16,9 @@ BAR_WIDTH = 20
 def progress_line(summary: dict[str, Any], total: int | None, n: int) -> str:
     """The line for the stage's `summary` counters: finished inputs, tasks, units, time."""
     finished = summary["done"] + summary["failed"] + summary["skipped"]
-    running = summary["slots_in_use"] // max(n, 1)
+    # Slots are taken just before a create: a task runs once created (or re-attached).
+    tasks = summary["created"] + summary.get("reattached", 0)
+    running = min(summary["slots_in_use"] // max(n, 1), tasks)
     if total:
         filled = min(BAR_WIDTH, BAR_WIDTH * finished // total)
         head = f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {finished}/{total}"
@@ -25,7 +27,7 @@ def progress_line(summary: dict[str, Any], total: int | None, n: int) -> str:
     return (
         f"{head}  done {summary['done']}  failed {summary['failed']}"
         f"{'  skipped ' + str(summary['skipped']) if summary['skipped'] else ''}"
-        f"  submitted {summary['created']}  running {running}"
+        f"  tasks {tasks}  running {running}"
         f"  units {summary['units']:g}  {summary['seconds']:.1f} s"
     )
 

@@ -314,13 +314,17 @@ def format_ratios(ratios: dict[str, float]) -> str:
     return " ".join(f"{side} {ratios[f'{side}_expansion_ratio']:.4f}" for side in sides)
 
 
+def _plural(number: float, noun: str) -> str:
+    return f"{number:g} {noun}{'' if number == 1 else 's'}"
+
+
 def _totals(summary: dict[str, Any]) -> str:
     return (
         f"{summary.get('done', 0)} done, {summary.get('failed', 0)} failed, "
         f"{summary.get('skipped', 0)} skipped (budget)"
         + (f", {summary['existing']} already there" if summary.get("existing") else "")
-        + f"; {summary.get('results', 0)} results; "
-        f"{summary.get('units', 0):g} units; {summary.get('seconds', 0):.1f} s"
+        + f"; {_plural(summary.get('results', 0), 'result')}; "
+        f"{_plural(summary.get('units', 0), 'unit')}; {summary.get('seconds', 0):.1f} s"
     )
 
 

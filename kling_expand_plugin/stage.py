@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from PIL import Image, ImageColor
 
-from imgpipe import Failure, Item, OptionError
+from imgpipe import ConfigError, Failure, Item, OptionError
 from imgpipe.encoding import EXTENSIONS
 from imgpipe.stages.save import ESTIMATED_BYTES
 
@@ -30,7 +30,13 @@ from . import limits
 from .auth import Credentials
 from .client import ExpandRequest, KlingClient, RetryPolicy
 from .download import DEFAULT_MAX_BYTES
-from .errors import CredentialsError
+from .errors import (
+    AccountError,
+    AuthError,
+    CredentialsError,
+    PermissionDeniedError,
+    TransportError,
+)
 from .geometry import Box, Canvas, Ratios, canvas_for
 from .ledger import LedgerError, is_database_url, normalise_endpoint, open_ledger
 from .ledger import default_path as default_ledger_path
@@ -71,6 +77,9 @@ from .stitch import mask_png, stitch
 from .taskrunner import Budget, BudgetReached, Outcome, TaskRunner
 from .window import windowed_map
 
+CHECK_RETRY = RetryPolicy(attempts=3, base_delay=0.5, deadline=30.0)
+"""The check before any work: a few quick tries, not a batch's patience."""
+
 log = logging.getLogger(__name__)
 
 ON_ERROR = ("skip", "raise", "passthrough")
@@ -105,6 +114,9 @@ class OutpaintStage:
     Built by the pipeline from its options (see the README); called with the upstream items,
     it yields one item per result image, with what was done in `metadata["outpaint"]`.
     """
+
+    python_only_options = ("slots",)
+    """Options a pipeline config cannot give: the host leaves them out of its lists."""
 
     def __init__(
         self,
@@ -298,6 +310,8 @@ class OutpaintStage:
                     log.error("outpaint: %s", _describe(item, error))
                     if self.on_error == "passthrough":
                         item.metadata["outpaint"] = {"error": _describe(item, error)}
+                        if isinstance(error, BudgetReached):
+                            item.metadata["outpaint"]["skipped"] = "budget"
                         yield item
             finally:
                 runner.cancel()  # left early (error, break, close): stop the workers too
@@ -375,6 +389,18 @@ class OutpaintStage:
             folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="kling-ledger-"))
             return Path(folder) / "ledger.sqlite"
         return default_ledger_path()
+
+    def check(self, items: list[Item] | None) -> None:
+        """Before any work, as `kling-expand expand` does: a service's URL must answer one
+        free query with these credentials (the local server needs none)."""
+        if self.endpoint == "local":
+            return
+        assert self.credentials is not None
+        try:
+            with KlingClient(self.endpoint, self.credentials, retry=CHECK_RETRY) as client:
+                next(iter(client.list(page_size=1)), None)
+        except (TransportError, AuthError, AccountError, PermissionDeniedError) as exc:
+            raise ConfigError(f"outpaint: endpoint {self.endpoint}: {exc}") from None
 
     def preview(self, items: list[Item]) -> list[Item]:
         """The items this stage would yield for `items` (keys and metadata fields, no image),

@@ -181,7 +181,8 @@ def test_imgpipe_run_exits_1_when_an_item_failed_and_2_on_a_config_error(tmp_pat
     assert "item 'notes.txt': not an image" in done.stderr
     assert (tmp_path / "out" / "chelsea-0.png").is_file()
 
-    config.write_text('[[stages]]\nstage = "outpaint"\n')
+    allow = "allow_no_load = true\nallow_no_save = true\n"
+    config.write_text(allow + '[[stages]]\nstage = "outpaint"\n')
     done = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "option 'aspect'" in done.stderr
 

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import logging
+import os
 import sys
+import textwrap
 import time
+from typing import Any
 
 from .config import load_config
 from .errors import PipelineError
+from .item import Item
 from .manager import make_plugin_manager
+from .registry import Stage, StageInfo
 from .runner import build_pipeline, check_pipeline, failures_of, run_stages
 
 EXIT_OK, EXIT_ITEM_ERRORS, EXIT_CONFIG = 0, 1, 2
@@ -19,14 +25,22 @@ log = logging.getLogger("imgpipe")
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="imgpipe", description=__doc__)
-    parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="more logging; -vv for debug"
-    )
-    parser.add_argument("-q", "--quiet", action="store_true", help="errors only")
+    _add_global_flags(parser, default=0)
+    common = argparse.ArgumentParser(add_help=False)
+    _add_global_flags(common, default=argparse.SUPPRESS)  # keeps a -v given before the command
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run a pipeline config (TOML)")
+    run = commands.add_parser("run", parents=[common], help="run a pipeline config (TOML)")
     run.add_argument("config", help="path of the pipeline config")
-    commands.add_parser("stages", help="list the stages and the plugins that provide them")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="build and check the pipeline and list what it would do; nothing is done or paid",
+    )
+    check = commands.add_parser("check", parents=[common], help="the same as run --dry-run")
+    check.add_argument("config", help="path of the pipeline config")
+    commands.add_parser(
+        "stages", parents=[common], help="list the stages, their options and their plugins"
+    )
     args = parser.parse_args(argv)
 
     level = (
@@ -40,13 +54,16 @@ def main(argv: list[str] | None = None) -> int:
         registry = pm.stages()
         if args.command == "stages":
             for info in registry:
-                provider = info.distribution or "built in"
-                print(f"{info.name:<12} {info.plugin} ({provider})")
+                print(_stage_text(info))
             for plugin, reason in pm.load_errors.items():
                 print(f"(skipped plugin {plugin}: {reason})")
             return EXIT_OK
-        stages = build_pipeline(registry, load_config(args.config))
+        config = load_config(args.config)
+        stages = build_pipeline(registry, config)
         check_pipeline(stages)
+        if args.command == "check" or args.dry_run:
+            _show_plan(stages, [stage.stage for stage in config])
+            return EXIT_OK
         started, count = time.monotonic(), 0
         try:
             with contextlib.closing(run_stages(stages)) as stream:
@@ -56,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         except Exception as exc:  # a stage stopped the run: every stage is closed by now
             log.error("the pipeline stopped: %s: %s", type(exc).__name__, exc)
-            print(f"imgpipe: stopped after {count} items: {exc}", file=sys.stderr)
+            print(f"imgpipe: stopped after {_count(count, 'item')}: {exc}", file=sys.stderr)
             return EXIT_ITEM_ERRORS
         elapsed = time.monotonic() - started
         failed = len(failures_of(stages))
@@ -71,6 +88,50 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("imgpipe: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `imgpipe stages | head`: the reader left; stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ITEM_ERRORS
+
+
+def _add_global_flags(parser: argparse.ArgumentParser, default: Any) -> None:
+    """-v and -q, taken before the command's name or after it."""
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=default, help="more logging; -vv for debug"
+    )
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", default=default or False, help="errors only"
+    )
+
+
+def _stage_text(info: StageInfo) -> str:
+    """A stage's name, plugin, what its factory's docstring says, and its options."""
+    provider = info.distribution or "built in"
+    lines = [f"{info.name:<12} {info.plugin} ({provider})"]
+    doc = inspect.getdoc(info.factory) or ""
+    if doc:
+        lines.append("    " + " ".join(doc.split("\n\n")[0].split()))
+    parameters = inspect.signature(info.factory).parameters
+    options = []
+    for name in info.options():
+        default = parameters[name].default
+        shown = "(required)" if default is inspect.Parameter.empty else f"= {default!r}"
+        options.append(f"{name} {shown}")
+    text = "options: " + (", ".join(options) or "none")
+    lines.append(textwrap.fill(text, 100, initial_indent="    ", subsequent_indent="      "))
+    return "\n".join(lines)
+
+
+def _show_plan(stages: list[Stage], names: list[str]) -> None:
+    """What each checked stage would hand on, from the previews the stages offer."""
+    items: list[Item] | None = []
+    for number, (stage, name) in enumerate(zip(stages, names, strict=True), start=1):
+        preview = getattr(stage, "preview", None)
+        items = list(preview(items)) if items is not None and preview is not None else None
+        told = "cannot say in advance" if items is None else _count(len(items), "item")
+        print(f"stage #{number} {name}: {told}")
+    for item in items or []:
+        print(f"  {item.key}")
+    print("checked: nothing was done or paid for")
 
 
 def _count(number: int, noun: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -37,11 +38,13 @@ class StageInfo:
     distribution: str | None = None
 
     def options(self) -> list[str]:
-        """The factory's keyword options, as its signature declares them."""
+        """The factory's keyword options, as its signature declares them, less those it names
+        in `python_only_options` (objects a config cannot give, such as a shared pool)."""
+        python_only = getattr(self.factory, "python_only_options", ())
         return [
             p.name
             for p in inspect.signature(self.factory).parameters.values()
-            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in python_only
         ]
 
 
@@ -96,12 +99,23 @@ class StageRegistry:
     def build(self, name: str, options: dict[str, Any]) -> Stage:
         """Call the stage's factory with `options`; an option it does not take is an error."""
         info = self.get(name)
+        known = info.options()
+        takes_any = any(
+            p.kind == p.VAR_KEYWORD for p in inspect.signature(info.factory).parameters.values()
+        )
+        for option in options:
+            if option not in known and not takes_any:
+                close = difflib.get_close_matches(option, known, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(
+                    f"unknown option {option!r} for stage {name!r}{hint} "
+                    f"(its options: {', '.join(known) or 'none'})"
+                )
         try:
             inspect.signature(info.factory).bind(**options)
         except TypeError as exc:
-            known = ", ".join(info.options()) or "none"
             raise ConfigError(
-                f"stage {name!r}: bad options ({exc}); its options are: {known}"
+                f"stage {name!r}: bad options ({exc}); its options are: {', '.join(known)}"
             ) from None
         try:
             return info.factory(**options)

@@ -48,7 +48,7 @@ def test_the_ledger_is_counted_by_status(tmp_path):
     ran = run_cli("doctor", "--endpoint", "local", "--ledger", str(tmp_path / "ledger.sqlite"))
     assert ran.code == 0, ran.stdout
     line = next(line for line in ran.stdout.splitlines() if "ledger" in line)
-    assert "1 creating, 1 failed, 2 succeed" in line and "1 create(s) in doubt" in line
+    assert "1 creating, 1 failed, 2 succeed" in line and "1 create in doubt" in line
 
 
 def test_a_corrupt_ledger_fails(tmp_path):

@@ -211,7 +211,7 @@ def test_an_interrupted_run_still_writes_its_report(photos, tmp_path, monkeypatc
 
 def test_plan_reports_the_disk_estimate(photos):
     ran = run_cli("plan", str(photos / "a.png"), "--aspect", "16:9", "--n", "2", "--json")
-    [plan] = ran.json()
+    [plan] = ran.json()["inputs"]
     assert plan["format"] == "png"
     pixels = plan["canvas"][0] * plan["canvas"][1]
     assert plan["estimated_bytes"] == int(2 * pixels * 2.0)

@@ -12,7 +12,7 @@ from .conftest import noisy_image, run_cli
 def test_plan_gives_each_input_its_upload_calls_canvas_and_cost(photos):
     ran = run_cli("plan", str(photos), "--aspect", "16:9", "--area", "2", "--n", "2", "--json")
     assert ran.code == 0, ran.stderr
-    plans = ran.json()
+    plans = ran.json()["inputs"]
     assert [plan["key"] for plan in plans] == ["a.png", "b.jpg", "sub/c.png"]
     first = plans[0]
     assert first["original"] == [400, 300]
@@ -32,7 +32,7 @@ def test_plan_of_a_target_beyond_one_call_needs_several_calls(photos):
     args = ["plan", str(photos / "a.png"), "--size", "1000x500", "--max-passes", "3"]
     ran = run_cli(*args, "--n", "2", "--json")
     assert ran.code == 0, ran.stderr
-    (plan,) = ran.json()
+    (plan,) = ran.json()["inputs"]
     assert len(plan["passes"]) == 2 and plan["canvas"] == [1000, 500]
     assert (plan["tasks"], plan["estimated_units"]) == (3, 4)
     text = run_cli(*args)

@@ -17,7 +17,7 @@ SUMMARY = {
 def test_the_line_counts_inputs_tasks_and_units():
     line = progress_line(SUMMARY, total=8, n=2)
     assert line == (
-        "[##########..........] 4/8  done 3  failed 1  submitted 5  running 2  units 6  2.5 s"
+        "[##########..........] 4/8  done 3  failed 1  tasks 5  running 2  units 6  2.5 s"
     )
     assert progress_line({**SUMMARY, "skipped": 2}, None, 1).startswith("6 finished  done 3")
     assert "skipped 2" in progress_line({**SUMMARY, "skipped": 2}, None, 1)

@@ -17,6 +17,7 @@ from PIL import Image
 
 from imgpipe import ConfigError, load_config
 from kling_expand_plugin.localserver import LocalServer
+from tests.helpers import free_port
 
 KEYS = {
     "KLING_ACCESS_KEY": "AK-pipeline-0123456789",
@@ -66,8 +67,13 @@ def config(tmp_path: Path, server: LocalServer, paths: list[str], save: str) -> 
     return path
 
 
-def imgpipe(*args: str, script: str | None = None, timeout: float = 60):
-    env = {**os.environ, **KEYS}
+def imgpipe(
+    *args: str,
+    script: str | None = None,
+    timeout: float = 60,
+    env_extra: dict[str, str] | None = None,
+):
+    env = {**os.environ, **KEYS, **(env_extra or {})}
     env.pop("KLING_API_KEY", None)
     command = [sys.executable, "-c", script, *args] if script else [
         sys.executable, "-m", "imgpipe.cli", *args]  # fmt: skip
@@ -190,3 +196,102 @@ def test_too_little_free_space_for_the_results_is_refused_before_any_task(
 class _Usage:
     def __init__(self, free: int) -> None:
         self.free = free
+
+
+# Issue 17: a config typo gets "did you mean", a pipeline that would read nothing or throw its
+# results away is refused, `check`/`run --dry-run` pay nothing, `stages` shows the options, the
+# endpoint is checked before any work, and -v goes before or after the command.
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "pipeline.toml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.mark.slow  # subprocesses
+def test_an_unknown_option_says_did_you_mean_and_lists_only_config_options(tmp_path, photos):
+    path = write(
+        tmp_path,
+        f"""
+        [[stages]]
+        stage = "load"
+        paths = ["{photos}"]
+        [[stages]]
+        stage = "outpaint"
+        aspect = "16:9"
+        promt = "a beach"
+        [[stages]]
+        stage = "save"
+        folder = "{tmp_path / "out"}"
+        """,
+    )
+    ran = imgpipe("run", str(path))
+    assert ran.returncode == 2
+    assert "unknown option 'promt' for stage 'outpaint'; did you mean 'prompt'?" in ran.stderr
+    assert "prompt" in ran.stderr and "slots" not in ran.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow  # subprocesses
+def test_a_pipeline_without_load_or_save_is_refused_unless_it_says_so(tmp_path, photos):
+    no_save = f'[[stages]]\nstage = "load"\npaths = ["{photos}"]\n'
+    ran = imgpipe("run", str(write(tmp_path, no_save)))
+    assert ran.returncode == 2 and "no 'save' stage: every result would be thrown away" in (
+        ran.stderr
+    )
+    assert "allow_no_save = true" in ran.stderr
+    ran = imgpipe("check", str(write(tmp_path, "allow_no_save = true\n" + no_save)))
+    assert ran.returncode == 0, ran.stderr
+    no_load = f'[[stages]]\nstage = "save"\nfolder = "{tmp_path / "out"}"\n'
+    ran = imgpipe("run", str(write(tmp_path, no_load)))
+    assert ran.returncode == 2 and "no 'load' stage: the pipeline would have no inputs" in (
+        ran.stderr
+    )
+    ran = imgpipe("run", str(write(tmp_path, 'allow_no_load = "yes"\n' + no_load)))
+    assert ran.returncode == 2 and "allow_no_load must be true or false" in ran.stderr
+
+
+@pytest.mark.slow  # subprocesses
+def test_check_and_dry_run_list_the_work_and_pay_nothing(server, photos, tmp_path):
+    path = config(tmp_path, server, [str(photos)], f'folder = "{tmp_path / "out"}"')
+    for args in (["check", str(path)], ["run", str(path), "--dry-run", "-v"]):
+        ran = imgpipe(*args)
+        assert ran.returncode == 0, ran.stderr
+        assert ran.stdout.splitlines() == [
+            "stage #1 load: 2 items",
+            "stage #2 outpaint: 2 items",
+            "stage #3 save: 2 items",
+            "  a-0.png",
+            "  wide-0.png",
+            "checked: nothing was done or paid for",
+        ]
+    assert server.stats()["creates_by_external_id"] == {}
+    assert not list((tmp_path / "out").iterdir())
+
+
+@pytest.mark.slow  # subprocesses
+def test_stages_shows_each_stages_options(tmp_path):
+    ran = imgpipe("-q", "stages")
+    assert ran.returncode == 0, ran.stderr
+    text = ran.stdout
+    assert "Expand every image of the stream with the Kling Image Expansion API." in text
+    assert "options: paths (required), recursive = True" in text
+    assert "prompt = ''" in text and "slots" not in text
+    assert "folder (required), name = '{stem}.{ext}'" in text
+
+
+@pytest.mark.slow  # subprocesses
+def test_the_endpoint_and_its_credentials_are_checked_before_any_work(server, photos, tmp_path):
+    path = config(tmp_path, server, [str(photos)], f'folder = "{tmp_path / "out"}"')
+    wrong_keys = path.read_text()
+    refused = imgpipe("run", str(path), env_extra={
+        "KLING_SECRET_KEY": "SK-not-the-right-one-0123456789abcdef"})  # fmt: skip
+    assert refused.returncode == 2, refused.stderr
+    assert f"stage #2: outpaint: endpoint {server.url}:" in refused.stderr
+    closed = f"http://127.0.0.1:{free_port()}"
+    path.write_text(wrong_keys.replace(server.url, closed))
+    unreachable = imgpipe("run", str(path), timeout=90)
+    assert unreachable.returncode == 2 and f"outpaint: endpoint {closed}:" in unreachable.stderr
+    assert server.stats()["creates_by_external_id"] == {}
+    assert not list((tmp_path / "out").glob("*.png"))

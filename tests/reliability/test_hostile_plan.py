@@ -73,7 +73,7 @@ def test_plan_of_a_hostile_folder_reports_every_file_quietly_and_within_bounds(c
     process, rss_mb = plan(corpus, tmp_path, "--json")
     assert process.returncode == 1  # some were refused
     assert process.stderr == ""
-    entries = {entry["key"]: entry for entry in json.loads(process.stdout)}
+    entries = {entry["key"]: entry for entry in json.loads(process.stdout)["inputs"]}
     assert sorted(entries) == sorted([*CORPUS, "ordinary.png"])
     assert "error" not in entries["ordinary.png"]
     for name, (_, expected) in CORPUS.items():
@@ -143,7 +143,7 @@ def test_a_bug_planning_one_input_is_reported_on_its_line_and_the_rest_are_plann
     monkeypatch.setattr(cli, "_plan_of", failing)
     inputs = [str(corpus / "ordinary.png"), str(corpus / "float-unit.tif")]
     code = cli.main(["plan", *inputs, "--aspect", "16:9", "--json"])
-    entries = {entry["key"]: entry for entry in json.loads(capsys.readouterr().out)}
+    entries = {entry["key"]: entry for entry in json.loads(capsys.readouterr().out)["inputs"]}
     assert code == 1 and entries["float-unit.tif"]["passes"]
     assert entries["ordinary.png"]["problem"] == "could not be planned (RuntimeError)"
     assert "a bug in kling-expand" in entries["ordinary.png"]["rule"]
