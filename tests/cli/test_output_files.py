@@ -6,6 +6,7 @@ whatever happens."""
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from PIL import Image
 
 from kling_expand_plugin import cli
+from kling_expand_plugin.cli import expand as expand_module
 
 from .conftest import noisy_image, run_cli
 
@@ -157,7 +159,7 @@ def test_an_unwritable_destination_is_refused_before_any_task(server, keys, tmp_
 
 
 def test_too_little_free_space_is_refused_before_any_task(photos, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cli.shutil, "disk_usage", lambda path: _Usage(free=100_000))
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: _Usage(free=100_000))
     with pytest.raises(SystemExit) as stopped:
         cli.main(["expand", str(photos), "--aspect", "16:9", "--out", str(tmp_path / "out")])
     assert stopped.value.code == 2
@@ -192,7 +194,7 @@ def test_crash_leftovers_are_removed_and_results_get_the_umask_mode(server, keys
 
 def test_an_interrupted_run_still_writes_its_report(photos, tmp_path, monkeypatch):
     written = []
-    real = cli._write_results
+    real = expand_module._write_results
 
     def interrupt_on_second(out, outputs, *, overwrite):
         if written:
@@ -200,7 +202,7 @@ def test_an_interrupted_run_still_writes_its_report(photos, tmp_path, monkeypatc
         written.append(outputs[0].key)
         return real(out, outputs, overwrite=overwrite)
 
-    monkeypatch.setattr(cli, "_write_results", interrupt_on_second)
+    monkeypatch.setattr(expand_module, "_write_results", interrupt_on_second)
     out = tmp_path / "out"
     code = cli.main(["expand", str(photos), "--aspect", "16:9", "--local-latency", "0.05",
                      "--out", str(out)])  # fmt: skip

@@ -132,15 +132,16 @@ def test_a_bug_planning_one_input_is_reported_on_its_line_and_the_rest_are_plann
     corpus, monkeypatch, capsys
 ):
     from kling_expand_plugin import cli
+    from kling_expand_plugin.cli import plan
 
-    plan_of = cli._plan_of
+    plan_of = plan._plan_of
 
     def failing(item, stage):
         if item.key == "ordinary.png":
             raise RuntimeError("an unforeseen failure")
         return plan_of(item, stage)
 
-    monkeypatch.setattr(cli, "_plan_of", failing)
+    monkeypatch.setattr(plan, "_plan_of", failing)
     inputs = [str(corpus / "ordinary.png"), str(corpus / "float-unit.tif")]
     code = cli.main(["plan", *inputs, "--aspect", "16:9", "--json"])
     entries = {entry["key"]: entry for entry in json.loads(capsys.readouterr().out)["inputs"]}
