@@ -35,6 +35,7 @@ def run(registry, stages, items=()):
     return list(run_stages(build_pipeline(registry, parse_config({"stages": stages})), items))
 
 
+@pytest.mark.slow
 def test_the_sample_photos_come_back_at_16_9_with_the_original_pixels_in_place(registry):
     stages = [
         {"stage": "load", "paths": str(PHOTOS)},
@@ -147,6 +148,7 @@ def test_a_real_endpoint_without_credentials_is_a_config_error(monkeypatch):
         OutpaintStage(aspect="16:9", endpoint="https://api-singapore.klingai.com")
 
 
+@pytest.mark.slow
 def test_the_sample_pipeline_config_runs(registry, tmp_path, monkeypatch):
     shutil.copytree(ROOT / "sample_data", tmp_path / "sample_data")
     monkeypatch.chdir(tmp_path)
@@ -164,6 +166,7 @@ def test_imgpipe_stages_lists_outpaint_with_its_plugin_and_version():
     assert f"kling-expand-plugin {importlib.metadata.version('kling-expand-plugin')}" in line
 
 
+@pytest.mark.slow
 def test_imgpipe_run_exits_1_when_an_item_failed_and_2_on_a_config_error(tmp_path):
     (tmp_path / "in").mkdir()
     shutil.copy(PHOTOS / "chelsea.png", tmp_path / "in")

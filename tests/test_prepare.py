@@ -180,6 +180,7 @@ def test_an_animated_image_can_be_refused():
         prepare(Item("a.gif", animated_gif()), WIDE, FitOptions(animated="reject"))
 
 
+@pytest.mark.slow
 def test_an_upload_pixel_cap_downscales_but_never_below_300_px():
     _, upload, _ = prepare(
         Item("big.png", encode(photo((2000, 1500)), "PNG")),
@@ -195,6 +196,7 @@ def test_an_upload_pixel_cap_downscales_but_never_below_300_px():
     assert min(upload.width, upload.height) == 300
 
 
+@pytest.mark.slow
 def test_a_file_over_10_mb_is_re_encoded_under_it():
     noise = Image.effect_noise((2400, 2400), 100).convert("RGB")
     data = encode(noise, "PNG")
@@ -211,6 +213,7 @@ def test_a_banner_is_padded_within_the_target_and_reject_refuses_it():
         prepare(Item("banner.png", data), Target(aspect=3.0, aspect_policy="reject"))
 
 
+@pytest.mark.slow
 def test_the_corpus_is_not_all_sent_unchanged():
     # The corpus must exercise fitting: only conforming PNGs may be sent as they are.
     unchanged = {

@@ -125,6 +125,7 @@ def test_each_fault_still_creates_each_task_once(local_server, make_client, imag
         assert set(stats["create_attempts_by_external_id"].values()) == {1}
 
 
+@pytest.mark.slow
 def test_all_faults_at_once(local_server, make_client, image_b64):
     faults = dict.fromkeys(
         ["server-error", "drop-before", "drop-after", "bad-json", "throttle", "slow-create"], 0.15

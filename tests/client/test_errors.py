@@ -104,6 +104,7 @@ def test_retry_after_is_honoured(make_client):
     assert time.monotonic() - started >= 0.3
 
 
+@pytest.mark.slow
 def test_retry_after_as_an_http_date_is_honoured(make_client):
     when = email.utils.formatdate(time.time() + 2, usegmt=True)  # whole seconds: 1 to 2 s
     answers = sequence(

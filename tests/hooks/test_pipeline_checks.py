@@ -24,6 +24,8 @@ KEYS = {
     "KLING_SECRET_KEY": "SK-pipeline-0123456789abcdef0123456789",
 }
 
+pytestmark = pytest.mark.slow  # pipelines run end to end, some in subprocesses
+
 
 @pytest.fixture
 def server():

@@ -169,6 +169,7 @@ def test_list_range_rules(api, query, field):
     assert payload["code"] == 1201 and field in payload["message"]
 
 
+@pytest.mark.slow
 def test_worked_example_canvas_and_bit_exact_original(make_api):
     api = make_api()
     original_bytes = image_bytes(1000, 1000, seed=7)
