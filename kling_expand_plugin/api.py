@@ -167,6 +167,9 @@ def to_item(image: Source, key: str | None = None) -> Item:
     """An `Item` for a source; the key defaults to the file's or the URL's name."""
     if isinstance(image, Image.Image):
         buffer = io.BytesIO()
+        if image.mode in ("F", "I", "CMYK", "YCbCr", "LAB", "HSV"):  # modes PNG cannot hold
+            image.save(buffer, "TIFF")
+            return Item(key or "image.tif", buffer.getvalue(), "image/tiff")
         image.save(buffer, "PNG")
         return Item(key or "image.png", buffer.getvalue(), "image/png")
     if isinstance(image, bytes):

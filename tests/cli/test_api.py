@@ -90,3 +90,14 @@ def test_expand_many_on_error_raise_stops_the_batch():
         list(expand_many([b"nope"], aspect="16:9", on_error="raise", **FAST))
     with pytest.raises(ValueError, match="on_error"):
         expand_many([], aspect="16:9", on_error="skip")
+
+
+@pytest.mark.parametrize("mode", ["F", "I", "CMYK"])
+def test_an_in_memory_image_of_any_mode_is_expanded(mode):
+    import numpy as np
+
+    ramp = np.tile(np.linspace(10, 240, 480, dtype=np.float32), (320, 1))
+    grey = Image.fromarray(ramp.astype(np.uint8)).convert("RGB")
+    image = Image.fromarray(ramp, "F") if mode == "F" else grey.convert("L").convert(mode)
+    [result] = expand(image, aspect="16:9", local_latency=0.05)
+    assert result.width / result.height == pytest.approx(16 / 9, rel=0.01)
