@@ -271,9 +271,14 @@ class TaskRunner:
                 self.ledger.record(self.endpoint_key, work_id, task)
                 task = self._wait(task, work_id)
         except BaseException as error:
+            # A create that may have reached the API keeps its ledger row (looked up next time)
+            # and its reservation: only a task that certainly does not exist frees them.
+            maybe_created = created or (posted and not _never_created(error))
             with contextlib.suppress(Exception):  # the ledger may be closing (a cancelled run)
-                self.ledger.release(self.endpoint_key, work_id, posted=posted or claim.in_doubt)
-            if reservation is not None and _never_created(error):
+                self.ledger.release(
+                    self.endpoint_key, work_id, posted=maybe_created or claim.in_doubt
+                )
+            if reservation is not None and not maybe_created:
                 assert self.budget is not None
                 self.budget.release(reservation)
             raise

@@ -451,3 +451,18 @@ def _jpeg(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, "JPEG", quality=95)
     return buffer.getvalue()
+
+
+def test_a_task_whose_wait_timed_out_keeps_its_units_reserved(tmp_path):
+    # The first task outlives the stage's timeout: it was created and will be charged, so the
+    # budget of 1 has no room for a second.
+    with paid_server(latency=2.5, concurrency=1) as server:
+        outpaint = stage(
+            server.url, tmp_path / "l.sqlite", budget=1, concurrency=1, timeout=1.0,
+            on_error="passthrough",
+        )  # fmt: skip
+        list(outpaint(items(2)))
+        time.sleep(2.0)  # the first task ends on the server, charged
+        stats = server.stats()
+    assert sum(stats["tasks"].values()) == 1 and stats["units_charged"] == 1
+    assert outpaint.summary["skipped"] == 1
