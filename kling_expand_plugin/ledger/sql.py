@@ -211,15 +211,16 @@ class SqlLedger:
         gone or stopped renewing it (taken over: in doubt, since that owner may have posted).
         Otherwise not mine: the entry says who has it, or what became of it.
         """
-        now = time.time()
-        _, inserted = self._run(
-            f"INSERT INTO {self.tasks_table} (endpoint, external_id, source_key, status, "
-            "created, updated, attempt, sent_id, owner, heartbeat) "
-            "VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?) ON CONFLICT (endpoint, external_id) DO NOTHING",
-            (endpoint, external_id, source_key, INTENT, now, now, external_id, self.owner, now),
-        )
-        entry = self.entry(endpoint, external_id)
-        assert entry is not None
+        entry = None
+        while entry is None:  # a row released between the insert and the read: claim again
+            now = time.time()
+            _, inserted = self._run(
+                f"INSERT INTO {self.tasks_table} (endpoint, external_id, source_key, status, "
+                "created, updated, attempt, sent_id, owner, heartbeat) VALUES "
+                "(?, ?, ?, ?, ?, ?, 0, ?, ?, ?) ON CONFLICT (endpoint, external_id) DO NOTHING",
+                (endpoint, external_id, source_key, INTENT, now, now, external_id, self.owner, now),
+            )
+            entry = self.entry(endpoint, external_id)
         if inserted:
             return Claim(True, False, entry)
         if entry.status != INTENT or entry.task_id is not None or not self._stale(entry):
@@ -232,8 +233,7 @@ class SqlLedger:
             + (() if entry.owner is None else (entry.owner,)),
         )
         fresh = self.entry(endpoint, external_id)
-        assert fresh is not None
-        return Claim(bool(taken), bool(taken), fresh)
+        return Claim(bool(taken), bool(taken), fresh or entry)
 
     def renew(self, endpoint: str, external_id: str) -> None:
         """Show that this process still works on its claim (say, while 1303 is waited out)."""
