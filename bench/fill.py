@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from kling_expand_plugin.fill import METHODS, fill
-from kling_expand_plugin.geometry import Box, Canvas
+from kling_expand_plugin.imaging.fill import METHODS, fill
+from kling_expand_plugin.imaging.geometry import Box, Canvas
 from kling_expand_plugin.localserver import fillquality
 
 PHOTOS = Path(__file__).resolve().parents[1] / "sample_data" / "photos"

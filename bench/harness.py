@@ -19,7 +19,7 @@ import requests
 from PIL import Image
 
 from kling_expand_plugin import Credentials, KlingClient
-from kling_expand_plugin.models import Task
+from kling_expand_plugin.kling.models import Task
 
 ACCESS_KEY = "bench-access-key"
 SECRET_KEY = "bench-secret-key-0123456789abcdef"

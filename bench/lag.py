@@ -35,8 +35,8 @@ from harness import picture, server_process, server_stats, use_server_keys
 
 from imgpipe import Item
 from kling_expand_plugin import OutpaintStage
-from kling_expand_plugin.models import Task
-from kling_expand_plugin.taskrunner import TaskRunner
+from kling_expand_plugin.batch.taskrunner import TaskRunner
+from kling_expand_plugin.kling.models import Task
 
 SIZE = (400, 300)
 

@@ -1,7 +1,7 @@
 """Batch image expansion (outpainting) with the Kling AI Image Expansion API.
 
 The public names below are imported on first use, so that importing one module of the package
-(say `kling_expand_plugin.limits`) does not load the rest.
+(say `kling_expand_plugin.kling.limits`) does not load the rest.
 """
 
 from __future__ import annotations
@@ -11,20 +11,20 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .api import expand, expand_many
-    from .auth import Credentials
-    from .client import ExpandRequest, KlingClient
-    from .geometry import Ratios
-    from .stage import OutpaintStage
+    from kling_expand_plugin.imaging.geometry import Ratios
+    from kling_expand_plugin.kling.auth import Credentials
+    from kling_expand_plugin.kling.client import ExpandRequest, KlingClient
+    from kling_expand_plugin.outpaint.api import expand, expand_many
+    from kling_expand_plugin.outpaint.stage import OutpaintStage
 
 _PUBLIC = {
-    "expand": ".api",
-    "expand_many": ".api",
-    "Credentials": ".auth",
-    "ExpandRequest": ".client",
-    "KlingClient": ".client",
-    "Ratios": ".geometry",
-    "OutpaintStage": ".stage",
+    "expand": ".outpaint.api",
+    "expand_many": ".outpaint.api",
+    "Credentials": ".kling.auth",
+    "ExpandRequest": ".kling.client",
+    "KlingClient": ".kling.client",
+    "Ratios": ".imaging.geometry",
+    "OutpaintStage": ".outpaint.stage",
 }
 
 try:

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from imgpipe import Item
-from kling_expand_plugin import taskrunner
+from kling_expand_plugin.batch import taskrunner
 from kling_expand_plugin.localserver import LocalServer
-from kling_expand_plugin.stage import OutpaintStage
+from kling_expand_plugin.outpaint.stage import OutpaintStage
 from tests.helpers import picture
 
 pytestmark = pytest.mark.slow  # batches of 12 to 48 images over real HTTP

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kling_expand_plugin.fill import METHODS, fill
-from kling_expand_plugin.geometry import Box, Canvas, Ratios, canvas_for
+from kling_expand_plugin.imaging.fill import METHODS, fill
+from kling_expand_plugin.imaging.geometry import Box, Canvas, Ratios, canvas_for
 from kling_expand_plugin.localserver import fillquality
 
 PHOTOS = sorted((Path(__file__).resolve().parents[1] / "sample_data" / "photos").iterdir())

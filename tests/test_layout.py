@@ -14,14 +14,17 @@ def loaded_after(statement: str) -> set[str]:
 
 
 def test_importing_one_module_loads_only_what_it_needs():
-    assert loaded_after("import kling_expand_plugin.limits") == {
+    assert loaded_after("import kling_expand_plugin.kling.limits") == {
         "kling_expand_plugin",
-        "kling_expand_plugin.limits",
+        "kling_expand_plugin.kling",
+        "kling_expand_plugin.kling.limits",
     }
 
 
 def test_the_stage_and_the_python_api_do_not_load_the_local_server():
-    loaded = loaded_after("import kling_expand_plugin.api, kling_expand_plugin.stage")
+    loaded = loaded_after(
+        "import kling_expand_plugin.outpaint.api, kling_expand_plugin.outpaint.stage"
+    )
     assert not {name for name in loaded if "localserver" in name}
 
 
@@ -29,8 +32,8 @@ def test_the_host_installs_as_imgpipe_not_hooks():
     import imgpipe
 
     assert imgpipe.__file__.replace("\\", "/").endswith("hooks/imgpipe/__init__.py")
-    loaded = loaded_after("import imgpipe, kling_expand_plugin.stage")
-    assert "kling_expand_plugin.stage" in loaded
+    loaded = loaded_after("import imgpipe, kling_expand_plugin.outpaint.stage")
+    assert "kling_expand_plugin.outpaint.stage" in loaded
 
 
 def test_no_import_cycle_between_the_package_s_modules():
@@ -53,10 +56,13 @@ def test_no_import_cycle_between_the_package_s_modules():
             for child in ast.walk(node)
         }
         for node in ast.walk(tree):
-            if not isinstance(node, ast.ImportFrom) or id(node) in typing_only or not node.level:
+            if not isinstance(node, ast.ImportFrom) or id(node) in typing_only:
                 continue
-            base = package.split(".")[: len(package.split(".")) - node.level + 1]
-            target = ".".join(base + ([node.module] if node.module else []))
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
             for alias in node.names:
                 for candidate in (f"{target}.{alias.name}", target):
                     if candidate in graph and candidate != "kling_expand_plugin":

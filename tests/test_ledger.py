@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from kling_expand_plugin.ledger import INTENT, LedgerError, SqliteLedger, owner_is_gone
-from kling_expand_plugin.models import Task, TaskStatus
+from kling_expand_plugin.batch.ledger import INTENT, LedgerError, SqliteLedger, owner_is_gone
+from kling_expand_plugin.kling.models import Task, TaskStatus
 
 ENDPOINT = "https://kling.example"
 
@@ -173,7 +173,7 @@ def test_half_written_results_left_by_a_crash_are_cleaned(tmp_path):
 def test_processes_opening_a_new_ledger_at_once_all_succeed(tmp_path):
     # Eight processes race to create each of five new ledgers, at agreed moments.
     code = (
-        "import sys, time; from kling_expand_plugin.ledger import SqliteLedger\n"
+        "import sys, time; from kling_expand_plugin.batch.ledger import SqliteLedger\n"
         "start = float(sys.argv[2])\n"
         "for round in range(5):\n"
         "    time.sleep(max(0.0, start + 0.25 * round - time.time()))\n"

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kling_expand_plugin.stage import OutpaintStage
+from kling_expand_plugin.outpaint.stage import OutpaintStage
 
 README = Path(__file__).parents[1] / "README.md"
 PYTHON_ONLY = {"slots": "a Slots object, say a cluster's"}

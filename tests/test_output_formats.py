@@ -12,7 +12,7 @@ from PIL import Image, ImageCms
 
 from imgpipe.encoding import encode
 from kling_expand_plugin import expand_many
-from kling_expand_plugin.output import Namer, OutputFormat
+from kling_expand_plugin.imaging.output import Namer, OutputFormat
 
 FAST = {"local_latency": 0.05, "endpoint": "local"}
 SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()

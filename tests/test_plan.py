@@ -4,9 +4,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from kling_expand_plugin import limits
-from kling_expand_plugin.geometry import Ratios, canvas_for
-from kling_expand_plugin.plan import (
+from kling_expand_plugin.imaging.geometry import Ratios, canvas_for
+from kling_expand_plugin.imaging.plan import (
     ANCHORS,
     Plan,
     PlanError,
@@ -17,6 +16,7 @@ from kling_expand_plugin.plan import (
     plan_expansion,
     ratios_for_aspect,
 )
+from kling_expand_plugin.kling import limits
 
 
 def test_the_api_documentation_worked_example_comes_out_exactly():
@@ -121,7 +121,7 @@ def test_a_banner_the_target_does_not_pad_enough_follows_the_policy():
 
 
 def _whole(plan: Plan):
-    from kling_expand_plugin.geometry import Box
+    from kling_expand_plugin.imaging.geometry import Box
 
     return Box(0, 0, plan.canvas.width, plan.canvas.height)
 

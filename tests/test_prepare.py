@@ -11,12 +11,12 @@ import pytest
 from PIL import Image
 
 from imgpipe import Item
-from kling_expand_plugin import limits
-from kling_expand_plugin.auth import Credentials
-from kling_expand_plugin.client import ExpandRequest, KlingClient
+from kling_expand_plugin.imaging.plan import Target
+from kling_expand_plugin.imaging.prepare import FitError, FitOptions, decode, prepare
+from kling_expand_plugin.kling import limits
+from kling_expand_plugin.kling.auth import Credentials
+from kling_expand_plugin.kling.client import ExpandRequest, KlingClient
 from kling_expand_plugin.localserver import LocalServer
-from kling_expand_plugin.plan import Target
-from kling_expand_plugin.prepare import FitError, FitOptions, decode, prepare
 
 PHOTOS = Path(__file__).parents[1] / "sample_data" / "photos"
 WIDE = Target(aspect=16 / 9, max_passes=3)
@@ -238,8 +238,8 @@ def test_a_refusal_quotes_the_inputs_own_size_not_the_upscaled_one(size, target,
 
 
 def test_a_jpeg_sent_as_it_is_is_planned_without_a_full_decode():
-    from kling_expand_plugin.plan import parse_aspect
-    from kling_expand_plugin.prepare import prepare_as_sent
+    from kling_expand_plugin.imaging.plan import parse_aspect
+    from kling_expand_plugin.imaging.prepare import prepare_as_sent
 
     data = encode(photo((900, 600)), "JPEG", quality=90)
     target = Target(aspect=parse_aspect("16:9"), area=2.0)
@@ -260,8 +260,8 @@ def test_a_jpeg_sent_as_it_is_is_planned_without_a_full_decode():
     ],
 )
 def test_anything_else_takes_the_full_decode(make):
-    from kling_expand_plugin.plan import parse_aspect
-    from kling_expand_plugin.prepare import prepare_as_sent
+    from kling_expand_plugin.imaging.plan import parse_aspect
+    from kling_expand_plugin.imaging.prepare import prepare_as_sent
 
     target = Target(aspect=parse_aspect("16:9"), area=2.0)
     assert prepare_as_sent(Item("x.jpg", make()), target) is None

@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 import requests
 
-from kling_expand_plugin import webhooks
-from kling_expand_plugin.auth import Credentials
-from kling_expand_plugin.client import ExpandRequest, KlingClient, PollSchedule, Timeouts
-from kling_expand_plugin.geometry import Ratios
+from kling_expand_plugin.batch.receiver import MAX_BODY_BYTES, CallbackReceiver
+from kling_expand_plugin.imaging.geometry import Ratios
+from kling_expand_plugin.kling import webhooks
+from kling_expand_plugin.kling.auth import Credentials
+from kling_expand_plugin.kling.client import ExpandRequest, KlingClient, PollSchedule, Timeouts
+from kling_expand_plugin.kling.models import Task, TaskStatus
 from kling_expand_plugin.localserver import LocalServer
-from kling_expand_plugin.models import Task, TaskStatus
-from kling_expand_plugin.receiver import MAX_BODY_BYTES, CallbackReceiver
 from tests.helpers import wait_until
 
 from .client.conftest import ACCESS_KEY, FAST_RETRY, SECRET_KEY, png_bytes

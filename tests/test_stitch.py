@@ -8,10 +8,10 @@ import numpy as np
 from PIL import Image
 
 from imgpipe import Item
-from kling_expand_plugin.geometry import Ratios
-from kling_expand_plugin.plan import Target, plan_expansion
-from kling_expand_plugin.prepare import decode
-from kling_expand_plugin.stitch import generated_mask, stitch
+from kling_expand_plugin.imaging.geometry import Ratios
+from kling_expand_plugin.imaging.plan import Target, plan_expansion
+from kling_expand_plugin.imaging.prepare import decode
+from kling_expand_plugin.imaging.stitch import generated_mask, stitch
 
 
 def original_and_plan(size=(400, 300)):
@@ -92,8 +92,8 @@ def test_the_mask_marks_generated_pixels():
 
 
 def test_the_mask_png_is_the_mask():
-    from kling_expand_plugin.geometry import Box, Canvas
-    from kling_expand_plugin.stitch import mask_png
+    from kling_expand_plugin.imaging.geometry import Box, Canvas
+    from kling_expand_plugin.imaging.stitch import mask_png
 
     for canvas in (Canvas(1001, 37, Box(3, 5, 990, 20)), Canvas(9, 9, Box(0, 0, 9, 9))):
         written = Image.open(io.BytesIO(mask_png(canvas)))

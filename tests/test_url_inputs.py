@@ -25,8 +25,8 @@ from PIL import Image
 import imgpipe.item
 from imgpipe import FetchError, Item, redact_url
 from imgpipe.stages.load import load
-from kling_expand_plugin.plan import Target
-from kling_expand_plugin.prepare import FitError, prepare
+from kling_expand_plugin.imaging.plan import Target
+from kling_expand_plugin.imaging.prepare import FitError, prepare
 
 pytestmark = pytest.mark.slow  # servers that drip and never stop; deadlines of a second
 

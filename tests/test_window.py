@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from kling_expand_plugin.window import windowed_map
+from kling_expand_plugin.batch.window import windowed_map
 
 
 def slow_first(value: int) -> int:

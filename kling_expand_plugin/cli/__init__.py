@@ -10,10 +10,7 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from imgpipe import ConfigError, OptionError
-
-from ..errors import CredentialsError, KlingError
-from ..plan import PlanError
-from .common import (
+from kling_expand_plugin.cli.common import (
     EXAMPLES,
     EXIT_CODES,
     EXIT_FAILED,
@@ -27,11 +24,13 @@ from .common import (
     in_flags,
     setup_logging,
 )
-from .doctor import add_doctor
-from .expand import add_expand
-from .plan import add_plan, add_ratios
-from .serve import add_serve
-from .tasks import add_tasks
+from kling_expand_plugin.cli.doctor import add_doctor
+from kling_expand_plugin.cli.expand import add_expand
+from kling_expand_plugin.cli.plan import add_plan, add_ratios
+from kling_expand_plugin.cli.serve import add_serve
+from kling_expand_plugin.cli.tasks import add_tasks
+from kling_expand_plugin.imaging.plan import PlanError
+from kling_expand_plugin.kling.errors import CredentialsError, KlingError
 
 
 def main(argv: list[str] | None = None) -> int:

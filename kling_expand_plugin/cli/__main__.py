@@ -2,6 +2,6 @@
 
 import sys
 
-from . import main
+from kling_expand_plugin.cli import main
 
 sys.exit(main())

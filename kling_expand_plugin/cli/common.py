@@ -17,22 +17,21 @@ from urllib.parse import urlsplit
 
 from imgpipe import ConfigError, Item
 from imgpipe.stages.load import load
-
-from ..api import url_name
-from ..auth import Credentials
-from ..client import KlingClient
-from ..errors import (
+from kling_expand_plugin.imaging.output import NAME_METADATA, OUTPUT_FORMATS, Namer
+from kling_expand_plugin.imaging.plan import ANCHORS, ASPECT_POLICIES, MAX_AREA
+from kling_expand_plugin.imaging.prepare import ANIMATED_POLICIES
+from kling_expand_plugin.kling.auth import Credentials
+from kling_expand_plugin.kling.client import KlingClient
+from kling_expand_plugin.kling.errors import (
     AccountError,
     AuthError,
     CredentialsError,
     PermissionDeniedError,
     TransportError,
 )
-from ..localserver.faults import FAULTS
-from ..output import NAME_METADATA, OUTPUT_FORMATS, Namer
-from ..plan import ANCHORS, ASPECT_POLICIES, MAX_AREA
-from ..prepare import ANIMATED_POLICIES
-from ..stage import CHECK_RETRY
+from kling_expand_plugin.localserver.faults import FAULTS
+from kling_expand_plugin.outpaint.api import url_name
+from kling_expand_plugin.outpaint.stage import CHECK_RETRY
 
 DEFAULT_PORT = 8765
 

@@ -13,12 +13,20 @@ from typing import Any
 
 import requests
 
-from .. import ledger as ledger_module
-from ..auth import Credentials
-from ..client import DEFAULT_BASE_URL, EXPAND_PATH
-from ..errors import CredentialsError
-from ..localserver import LocalServer
-from .common import EXIT_FAILED, EXIT_OK, MAX_CLOCK_SKEW, UsageError, command, count, print_json
+from kling_expand_plugin.batch import ledger as ledger_module
+from kling_expand_plugin.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    MAX_CLOCK_SKEW,
+    UsageError,
+    command,
+    count,
+    print_json,
+)
+from kling_expand_plugin.kling.auth import Credentials
+from kling_expand_plugin.kling.client import DEFAULT_BASE_URL, EXPAND_PATH
+from kling_expand_plugin.kling.errors import CredentialsError
+from kling_expand_plugin.localserver import LocalServer
 
 
 def add_doctor(

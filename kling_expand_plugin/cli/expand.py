@@ -18,15 +18,8 @@ from typing import Any
 
 from imgpipe import Item
 from imgpipe.files import ExistsError, clean_leftovers, write_atomically
-
-from ..api import by_source, failure_of
-from ..client import DEFAULT_BASE_URL
-from ..output import NAME_METADATA, megabytes, result_key
-from ..prepare import FitError, prepare
-from ..progress import Progress
-from ..report import ContactSheet
-from ..stage import OutpaintStage
-from .common import (
+from kling_expand_plugin.batch.progress import Progress
+from kling_expand_plugin.cli.common import (
     EXIT_CODES,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -44,6 +37,12 @@ from .common import (
     stage_options,
     units,
 )
+from kling_expand_plugin.imaging.output import NAME_METADATA, megabytes, result_key
+from kling_expand_plugin.imaging.prepare import FitError, prepare
+from kling_expand_plugin.kling.client import DEFAULT_BASE_URL
+from kling_expand_plugin.outpaint.api import by_source, failure_of
+from kling_expand_plugin.outpaint.report import ContactSheet
+from kling_expand_plugin.outpaint.stage import OutpaintStage
 
 
 def add_expand(
@@ -203,7 +202,9 @@ def expand_command(args: argparse.Namespace) -> int:
 
 def _not_an_input_error(record: logging.LogRecord) -> bool:
     """False for the stage's errors about inputs, which the command prints itself."""
-    return not (record.name == "kling_expand_plugin.stage" and record.levelno == logging.ERROR)
+    return not (
+        record.name == "kling_expand_plugin.outpaint.stage" and record.levelno == logging.ERROR
+    )
 
 
 @contextmanager

@@ -7,15 +7,7 @@ import math
 from typing import Any
 
 from imgpipe import Item
-
-from ..geometry import canvas_for
-from ..output import estimated_bytes, megabytes
-from ..plan import MAX_AREA, largest_size, parse_aspect, ratios_for_aspect
-from ..prepare import FitError, prepare
-from ..report import format_ratios
-from ..stage import OutpaintStage
-from ..stitch import canvas_at_original, content_of
-from .common import (
+from kling_expand_plugin.cli.common import (
     EXIT_CODES,
     EXIT_FAILED,
     EXIT_OK,
@@ -31,6 +23,13 @@ from .common import (
     print_json,
     stage_options,
 )
+from kling_expand_plugin.imaging.geometry import canvas_for
+from kling_expand_plugin.imaging.output import estimated_bytes, megabytes
+from kling_expand_plugin.imaging.plan import MAX_AREA, largest_size, parse_aspect, ratios_for_aspect
+from kling_expand_plugin.imaging.prepare import FitError, prepare
+from kling_expand_plugin.imaging.stitch import canvas_at_original, content_of
+from kling_expand_plugin.outpaint.report import format_ratios
+from kling_expand_plugin.outpaint.stage import OutpaintStage
 
 
 def add_plan(

@@ -8,11 +8,19 @@ import signal
 import threading
 from types import FrameType
 
-from ..fill import METHODS
-from ..localserver import LocalServer
-from ..localserver.faults import FAULTS
-from ..localserver.server import MAX_CONNECTIONS, QUERY_SHAPES
-from .common import DEFAULT_PORT, EXIT_OK, UsageError, command, connections, fault, latency
+from kling_expand_plugin.cli.common import (
+    DEFAULT_PORT,
+    EXIT_OK,
+    UsageError,
+    command,
+    connections,
+    fault,
+    latency,
+)
+from kling_expand_plugin.imaging.fill import METHODS
+from kling_expand_plugin.localserver import LocalServer
+from kling_expand_plugin.localserver.faults import FAULTS
+from kling_expand_plugin.localserver.server import MAX_CONNECTIONS, QUERY_SHAPES
 
 
 def add_serve(

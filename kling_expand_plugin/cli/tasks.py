@@ -8,10 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..client import DEFAULT_BASE_URL, KlingClient, PollSchedule
-from ..errors import InvalidRequestError, NotFoundError, TaskFailedError, WaitTimeout
-from ..models import Task
-from .common import (
+from kling_expand_plugin.cli.common import (
     EXIT_CODES,
     EXIT_FAILED,
     EXIT_OK,
@@ -23,6 +20,14 @@ from .common import (
     print_json,
     reaching,
 )
+from kling_expand_plugin.kling.client import DEFAULT_BASE_URL, KlingClient, PollSchedule
+from kling_expand_plugin.kling.errors import (
+    InvalidRequestError,
+    NotFoundError,
+    TaskFailedError,
+    WaitTimeout,
+)
+from kling_expand_plugin.kling.models import Task
 
 
 def add_tasks(

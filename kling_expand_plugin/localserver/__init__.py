@@ -1,5 +1,5 @@
 """The local Kling-compatible server: the offline default target and the test target."""
 
-from .server import LocalServer
+from kling_expand_plugin.localserver.server import LocalServer
 
 __all__ = ["LocalServer"]

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 import jwt
 
-from .errors import ApiError
+from kling_expand_plugin.localserver.errors import ApiError
 
 
 class TokenChecker:

@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 
 import requests
 
-from .. import webhooks
-from .faults import Faults
+from kling_expand_plugin.kling import webhooks
+from kling_expand_plugin.localserver.faults import Faults
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import numpy as np
 from PIL import Image
 
-from ..geometry import Box
+from kling_expand_plugin.imaging.geometry import Box
 
 SEAM_SCALES = (1, 2, 4, 8, 16)
 """Box-downsampling factors at which the seam score looks for a seam."""

@@ -33,17 +33,21 @@ from types import TracebackType
 from typing import Any, BinaryIO
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from .. import limits
-from ..fill import METHODS
-from .auth import TokenChecker
-from .budget import ByteBudget
-from .callbacks import CallbackSender
-from .errors import ApiError, invalid_parameter, invalid_request
-from .faults import Faults
-from .ratelimit import RateLimiter
-from .scheduler import Scheduler
-from .tasks import Latency, TaskStore
-from .validation import fetch_image_url, parse_json_object, validate_create
+from kling_expand_plugin.imaging.fill import METHODS
+from kling_expand_plugin.kling import limits
+from kling_expand_plugin.localserver.auth import TokenChecker
+from kling_expand_plugin.localserver.budget import ByteBudget
+from kling_expand_plugin.localserver.callbacks import CallbackSender
+from kling_expand_plugin.localserver.errors import ApiError, invalid_parameter, invalid_request
+from kling_expand_plugin.localserver.faults import Faults
+from kling_expand_plugin.localserver.ratelimit import RateLimiter
+from kling_expand_plugin.localserver.scheduler import Scheduler
+from kling_expand_plugin.localserver.tasks import Latency, TaskStore
+from kling_expand_plugin.localserver.validation import (
+    fetch_image_url,
+    parse_json_object,
+    validate_create,
+)
 
 log = logging.getLogger(__name__)
 

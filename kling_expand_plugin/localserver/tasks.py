@@ -26,13 +26,13 @@ from typing import Any, BinaryIO
 
 from PIL import Image, ImageDraw
 
-from ..fill import fill
-from ..geometry import canvas_for
-from .callbacks import CallbackSender
-from .errors import ApiError, invalid_parameter
-from .faults import Faults
-from .scheduler import Scheduler
-from .validation import CreateRequest
+from kling_expand_plugin.imaging.fill import fill
+from kling_expand_plugin.imaging.geometry import canvas_for
+from kling_expand_plugin.localserver.callbacks import CallbackSender
+from kling_expand_plugin.localserver.errors import ApiError, invalid_parameter
+from kling_expand_plugin.localserver.faults import Faults
+from kling_expand_plugin.localserver.scheduler import Scheduler
+from kling_expand_plugin.localserver.validation import CreateRequest
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ from urllib.parse import urlsplit
 
 from PIL import Image
 
-from .. import limits
-from ..geometry import Ratios
-from .errors import ApiError, invalid_parameter, invalid_request
+from kling_expand_plugin.imaging.geometry import Ratios
+from kling_expand_plugin.kling import limits
+from kling_expand_plugin.localserver.errors import ApiError, invalid_parameter, invalid_request
 
 MAX_PIXELS = 50_000_000
 """Largest input image this local server decodes (undocumented for Kling; a safety cap)."""

@@ -12,8 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from kling_expand_plugin.ledger import SqliteLedger
-from kling_expand_plugin.models import Task, TaskStatus
+from kling_expand_plugin.batch.ledger import SqliteLedger
+from kling_expand_plugin.kling.models import Task, TaskStatus
 
 from .conftest import ACCESS_KEY, run_cli
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kling_expand_plugin.progress import progress_line
+from kling_expand_plugin.batch.progress import progress_line
 
 from .conftest import run_cli
 

@@ -6,7 +6,7 @@ import io
 import logging
 import time
 
-from kling_expand_plugin.progress import Progress, progress_line
+from kling_expand_plugin.batch.progress import Progress, progress_line
 
 SUMMARY = {
     "done": 3, "failed": 1, "skipped": 0, "results": 6, "units": 6.0, "created": 5,

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from imgpipe import Item
-from kling_expand_plugin import report
-from kling_expand_plugin.report import ContactSheet
+from kling_expand_plugin.outpaint import report
+from kling_expand_plugin.outpaint.report import ContactSheet
 
 from .conftest import noisy_image
 

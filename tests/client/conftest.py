@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from kling_expand_plugin.auth import Credentials
-from kling_expand_plugin.client import KlingClient, PollSchedule, RetryPolicy, Timeouts
+from kling_expand_plugin.kling.auth import Credentials
+from kling_expand_plugin.kling.client import KlingClient, PollSchedule, RetryPolicy, Timeouts
 from kling_expand_plugin.localserver import LocalServer
 
 ACCESS_KEY = "ak-test"

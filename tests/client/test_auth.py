@@ -9,9 +9,9 @@ import time
 import jwt
 import pytest
 
-from kling_expand_plugin.auth import Credentials
-from kling_expand_plugin.client import KlingClient
-from kling_expand_plugin.errors import AuthError, CredentialsError
+from kling_expand_plugin.kling.auth import Credentials
+from kling_expand_plugin.kling.client import KlingClient
+from kling_expand_plugin.kling.errors import AuthError, CredentialsError
 
 from .conftest import ACCESS_KEY, API_KEY, SECRET_KEY
 

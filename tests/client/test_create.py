@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from kling_expand_plugin import errors
-from kling_expand_plugin.client import ExpandRequest, RetryPolicy, Timeouts
-from kling_expand_plugin.geometry import Ratios
-from kling_expand_plugin.models import TaskStatus
+from kling_expand_plugin.imaging.geometry import Ratios
+from kling_expand_plugin.kling import errors
+from kling_expand_plugin.kling.client import ExpandRequest, RetryPolicy, Timeouts
+from kling_expand_plugin.kling.models import TaskStatus
 
 from .conftest import FAST_POLL, png_bytes, total_tasks
 from .scripted import envelope, scripted_server, sequence, task_json

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from kling_expand_plugin.client import ExpandRequest
-from kling_expand_plugin.errors import DownloadError
-from kling_expand_plugin.geometry import Ratios
+from kling_expand_plugin.imaging.geometry import Ratios
+from kling_expand_plugin.kling.client import ExpandRequest
+from kling_expand_plugin.kling.errors import DownloadError
 
 from .conftest import FAST_POLL, png_bytes
 from .scripted import Answer, scripted_server, sequence

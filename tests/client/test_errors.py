@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from kling_expand_plugin import errors
-from kling_expand_plugin.client import RetryPolicy
-from kling_expand_plugin.models import Task, TaskStatus
+from kling_expand_plugin.kling import errors
+from kling_expand_plugin.kling.client import RetryPolicy
+from kling_expand_plugin.kling.models import Task, TaskStatus
 
 from .scripted import Answer, envelope, scripted_server, sequence, task_json
 
@@ -117,7 +117,7 @@ def test_retry_after_as_an_http_date_is_honoured(make_client):
 
 
 def test_retry_after_forms():
-    from kling_expand_plugin.retry import retry_after_seconds
+    from kling_expand_plugin.kling.retry import retry_after_seconds
 
     assert retry_after_seconds("7") == 7.0
     assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0

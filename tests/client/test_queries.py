@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from kling_expand_plugin.client import ExpandRequest
-from kling_expand_plugin.errors import NotFoundError, ProtocolError
-from kling_expand_plugin.geometry import Ratios
-from kling_expand_plugin.models import Task, TaskStatus
+from kling_expand_plugin.imaging.geometry import Ratios
+from kling_expand_plugin.kling.client import ExpandRequest
+from kling_expand_plugin.kling.errors import NotFoundError, ProtocolError
+from kling_expand_plugin.kling.models import Task, TaskStatus
 
 from .scripted import Seen, envelope, scripted_server, sequence, task_json
 

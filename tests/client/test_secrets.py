@@ -8,10 +8,10 @@ import traceback
 
 import pytest
 
-from kling_expand_plugin.auth import Credentials
-from kling_expand_plugin.client import ExpandRequest, RetryPolicy, Timeouts
-from kling_expand_plugin.errors import KlingError
-from kling_expand_plugin.geometry import Ratios
+from kling_expand_plugin.imaging.geometry import Ratios
+from kling_expand_plugin.kling.auth import Credentials
+from kling_expand_plugin.kling.client import ExpandRequest, RetryPolicy, Timeouts
+from kling_expand_plugin.kling.errors import KlingError
 
 from .conftest import ACCESS_KEY, FAST_POLL, SECRET_KEY
 from .scripted import Seen, envelope, scripted_server
@@ -94,7 +94,7 @@ def test_a_server_echoing_the_token_is_redacted(make_client, caplog):
 
 
 def test_a_short_secret_is_hidden_without_garbling_the_text():
-    from kling_expand_plugin.auth import Credentials
+    from kling_expand_plugin.kling.auth import Credentials
 
     credentials = Credentials("ak", "x")
     text = credentials.redact("Max retries exceeded with url: /expand (secret x, key=x)")
@@ -107,7 +107,9 @@ def test_a_short_test_key_signs_without_a_warning():
     import subprocess
     import sys
 
-    code = "from kling_expand_plugin.auth import Credentials as C; C('ak', 'sk').bearer_token()"
+    code = (
+        "from kling_expand_plugin.kling.auth import Credentials as C; C('ak', 'sk').bearer_token()"
+    )
     ran = subprocess.run(
         [sys.executable, "-W", "default", "-c", code], capture_output=True, text=True, timeout=60
     )

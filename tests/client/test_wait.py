@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from kling_expand_plugin.client import ExpandRequest, PollSchedule, RetryPolicy
-from kling_expand_plugin.errors import Cancelled, NotFoundError, TaskFailedError, WaitTimeout
-from kling_expand_plugin.geometry import Ratios
+from kling_expand_plugin.imaging.geometry import Ratios
+from kling_expand_plugin.kling.client import ExpandRequest, PollSchedule, RetryPolicy
+from kling_expand_plugin.kling.errors import Cancelled, NotFoundError, TaskFailedError, WaitTimeout
 from kling_expand_plugin.localserver.tasks import FAILURE_MESSAGES
 
 from .conftest import FAST_POLL

@@ -7,10 +7,10 @@ import threading
 import pytest
 
 from imgpipe import Item
-from kling_expand_plugin.ledger import SqliteLedger, StoredBytes, open_ledger
+from kling_expand_plugin.batch.ledger import SqliteLedger, StoredBytes, open_ledger
+from kling_expand_plugin.kling.models import Task
 from kling_expand_plugin.localserver import LocalServer
-from kling_expand_plugin.models import Task
-from kling_expand_plugin.stage import OutpaintStage
+from kling_expand_plugin.outpaint.stage import OutpaintStage
 from tests.helpers import picture
 
 from .conftest import KEYS, require
@@ -101,7 +101,7 @@ def test_of_workers_claiming_one_external_id_at_once_exactly_one_creates(fresh_p
 
 def test_the_password_never_shows():
     require("psycopg")
-    from kling_expand_plugin.ledger.postgres import describe
+    from kling_expand_plugin.batch.ledger.postgres import describe
 
     described = describe("postgresql://user:hunter2-secret@db.example:5433/kling?sslmode=require")
     assert described == "postgresql://user@db.example:5433/kling"
@@ -134,7 +134,7 @@ def test_the_stage_with_a_postgres_ledger_pays_once_across_runs(fresh_postgres, 
 
 @pytest.mark.parametrize("spec", ["postgresql://", "postgres://"])
 def test_both_url_schemes_are_databases(spec):
-    from kling_expand_plugin.ledger import is_database_url
+    from kling_expand_plugin.batch.ledger import is_database_url
 
     assert is_database_url(spec + "u@h/db")
     assert not is_database_url("ledger.sqlite")

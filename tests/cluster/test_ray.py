@@ -17,7 +17,7 @@ from tests.helpers import picture
 from .conftest import KEYS, require
 
 require("ray")
-from kling_expand_plugin.cluster import Outpaint, ResultFolder, account_slots  # noqa: E402
+from kling_expand_plugin.integrations.ray import Outpaint, ResultFolder, account_slots  # noqa: E402
 
 K = 4
 IMAGES = 40

@@ -9,7 +9,7 @@ import pytest
 from .conftest import require
 
 require("ray")
-from kling_expand_plugin.cluster import SlotBroker  # noqa: E402
+from kling_expand_plugin.integrations.ray import SlotBroker  # noqa: E402
 
 
 def run(coroutine):
@@ -100,7 +100,7 @@ def test_a_renewal_that_crosses_a_release_does_not_bring_the_lease_back():
 
 
 def test_the_broker_budget_is_a_ceiling_reserved_until_settled():
-    from kling_expand_plugin.taskrunner import BudgetReached
+    from kling_expand_plugin.batch.taskrunner import BudgetReached
 
     async def scenario():
         broker = SlotBroker(4, lease_seconds=30, budget=5)

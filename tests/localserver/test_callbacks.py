@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from kling_expand_plugin.webhooks import verify
+from kling_expand_plugin.kling.webhooks import verify
 from tests.helpers import wait_until
 
 from .conftest import create_body

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from kling_expand_plugin import limits
+from kling_expand_plugin.kling import limits
 from tests.helpers import wait_until
 
 from .conftest import EXPAND, auth_headers, create_body, make_token

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kling_expand_plugin.geometry import Ratios, canvas_for
+from kling_expand_plugin.imaging.geometry import Ratios, canvas_for
 from kling_expand_plugin.localserver import LocalServer
 from tests.helpers import wait_until
 

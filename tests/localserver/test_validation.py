@@ -8,7 +8,7 @@ import json
 import pytest
 from PIL import Image
 
-from kling_expand_plugin import limits
+from kling_expand_plugin.kling import limits
 
 from .conftest import EXPAND, REMOVE, auth_headers, b64, create_body, image_bytes
 

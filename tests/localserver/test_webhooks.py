@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kling_expand_plugin.webhooks import WebhookVerificationError, sign, verify
+from kling_expand_plugin.kling.webhooks import WebhookVerificationError, sign, verify
 
 SECRET = "whsec_dGVzdHNlY3JldHRlc3RzZWNyZXR0ZXN0c2VjcmV0MTI="
 MSG_ID = "9876543210"

@@ -24,8 +24,8 @@ import pytest
 import requests
 
 from imgpipe import Item
-from kling_expand_plugin import webhooks
-from kling_expand_plugin.stage import OutpaintStage
+from kling_expand_plugin.kling import webhooks
+from kling_expand_plugin.outpaint.stage import OutpaintStage
 from tests.helpers import free_port, picture
 
 from .conftest import local_server

@@ -12,7 +12,7 @@ from PIL import Image
 from imgpipe import Item
 from kling_expand_plugin.localserver.faults import FAULTS
 from kling_expand_plugin.localserver.tasks import FAILURE_MESSAGES
-from kling_expand_plugin.stage import OutpaintStage
+from kling_expand_plugin.outpaint.stage import OutpaintStage
 from tests.helpers import picture
 
 from .conftest import local_server

@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 from PIL import EpsImagePlugin, Image
 
 from imgpipe import Item
-from kling_expand_plugin.plan import Target
-from kling_expand_plugin.prepare import FitError, FitOptions, decode, prepare
+from kling_expand_plugin.imaging.plan import Target
+from kling_expand_plugin.imaging.prepare import FitError, FitOptions, decode, prepare
 
 from . import corpus
 from .corpus import CORPUS, PLANNED, RAMP, picture

@@ -24,18 +24,18 @@ import requests
 from PIL import Image
 
 from imgpipe import Item
-from kling_expand_plugin import limits
-from kling_expand_plugin.api import by_source, expand_many
-from kling_expand_plugin.auth import Credentials
-from kling_expand_plugin.client import ExpandRequest, KlingClient
-from kling_expand_plugin.errors import DownloadError
-from kling_expand_plugin.geometry import Ratios
-from kling_expand_plugin.ledger import SqliteLedger, normalise_endpoint
+from kling_expand_plugin.batch.ledger import SqliteLedger, normalise_endpoint
+from kling_expand_plugin.batch.receiver import CallbackReceiver
+from kling_expand_plugin.batch.slots import Slots
+from kling_expand_plugin.batch.taskrunner import TaskRunner
+from kling_expand_plugin.imaging.geometry import Ratios
+from kling_expand_plugin.kling import limits
+from kling_expand_plugin.kling.auth import Credentials
+from kling_expand_plugin.kling.client import ExpandRequest, KlingClient
+from kling_expand_plugin.kling.errors import DownloadError
 from kling_expand_plugin.localserver import LocalServer
-from kling_expand_plugin.receiver import CallbackReceiver
-from kling_expand_plugin.slots import Slots
-from kling_expand_plugin.stage import OutpaintStage, _next_input, _result_bytes
-from kling_expand_plugin.taskrunner import TaskRunner
+from kling_expand_plugin.outpaint.api import by_source, expand_many
+from kling_expand_plugin.outpaint.stage import OutpaintStage, _next_input, _result_bytes
 from tests.helpers import free_port, picture
 
 from .conftest import ACCESS_KEY, KEYS, SECRET_KEY, local_server

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from imgpipe import Item
-from kling_expand_plugin.stage import OutpaintStage
+from kling_expand_plugin.outpaint.stage import OutpaintStage
 from tests.helpers import picture
 
 from .conftest import KEYS, SECRET_KEY, local_server

@@ -25,22 +25,18 @@ from PIL import Image, ImageColor
 from imgpipe import ConfigError, Failure, Item, OptionError
 from imgpipe.encoding import EXTENSIONS
 from imgpipe.stages.save import ESTIMATED_BYTES
-
-from . import limits
-from .auth import Credentials
-from .client import ExpandRequest, KlingClient, RetryPolicy
-from .download import DEFAULT_MAX_BYTES
-from .errors import (
-    AccountError,
-    AuthError,
-    CredentialsError,
-    PermissionDeniedError,
-    TransportError,
+from kling_expand_plugin.batch.ledger import (
+    LedgerError,
+    is_database_url,
+    normalise_endpoint,
+    open_ledger,
 )
-from .geometry import Box, Canvas, Ratios, canvas_for
-from .ledger import LedgerError, is_database_url, normalise_endpoint, open_ledger
-from .ledger import default_path as default_ledger_path
-from .output import (
+from kling_expand_plugin.batch.ledger import default_path as default_ledger_path
+from kling_expand_plugin.batch.slots import Slots
+from kling_expand_plugin.batch.taskrunner import Budget, BudgetReached, Outcome, TaskRunner
+from kling_expand_plugin.batch.window import windowed_map
+from kling_expand_plugin.imaging.geometry import Box, Canvas, Ratios, canvas_for
+from kling_expand_plugin.imaging.output import (
     NAME_METADATA,
     OUTPUT_FORMATS,
     Namer,
@@ -50,7 +46,7 @@ from .output import (
     estimated_bytes,
     result_key,
 )
-from .plan import (
+from kling_expand_plugin.imaging.plan import (
     MAX_AREA,
     Plan,
     PlanError,
@@ -60,7 +56,7 @@ from .plan import (
     parse_size,
     plan_expansion,
 )
-from .prepare import (
+from kling_expand_plugin.imaging.prepare import (
     ANIMATED_POLICIES,
     DEFAULT_MAX_PIXELS,
     Decoded,
@@ -72,10 +68,18 @@ from .prepare import (
     prepare,
     prepare_as_sent,
 )
-from .slots import Slots
-from .stitch import mask_png, stitch
-from .taskrunner import Budget, BudgetReached, Outcome, TaskRunner
-from .window import windowed_map
+from kling_expand_plugin.imaging.stitch import mask_png, stitch
+from kling_expand_plugin.kling import limits
+from kling_expand_plugin.kling.auth import Credentials
+from kling_expand_plugin.kling.client import ExpandRequest, KlingClient, RetryPolicy
+from kling_expand_plugin.kling.download import DEFAULT_MAX_BYTES
+from kling_expand_plugin.kling.errors import (
+    AccountError,
+    AuthError,
+    CredentialsError,
+    PermissionDeniedError,
+    TransportError,
+)
 
 CHECK_RETRY = RetryPolicy(attempts=3, base_delay=0.5, deadline=30.0)
 """The check before any work: a few quick tries, not a batch's patience."""
@@ -328,7 +332,7 @@ class OutpaintStage:
         """The client, ledger, receiver and slots of one run, closed by `stack` at its end."""
         webhook_secret = os.environ.get(WEBHOOK_SECRET_ENV) or None  # read now, kept nowhere
         if self.endpoint == "local":
-            from .localserver import LocalServer
+            from kling_expand_plugin.localserver import LocalServer
 
             access_key, secret_key = secrets.token_hex(8), secrets.token_hex(16)
             server = stack.enter_context(
@@ -362,7 +366,7 @@ class OutpaintStage:
         log.info("outpaint: ledger %s", ledger.path)
         receiver = None
         if self.callback is not None:
-            from .receiver import CallbackReceiver
+            from kling_expand_plugin.batch.receiver import CallbackReceiver
 
             host, port = self.callback
             receiver = stack.enter_context(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from . import limits
+from kling_expand_plugin.kling import limits
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,7 @@ from urllib.parse import quote
 from PIL import Image, ImageDraw, ImageFont
 
 from imgpipe import Item
-
-from .prepare import FitError, decode
+from kling_expand_plugin.imaging.prepare import FitError, decode
 
 THUMB_SIZE = (256, 160)
 FILES = "report-files"

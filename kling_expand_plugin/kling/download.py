@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 import requests
 from PIL import Image
 
-from .errors import DownloadError
-from .retry import RetryBudget, RetryPolicy, retrying
+from kling_expand_plugin.kling.errors import DownloadError
+from kling_expand_plugin.kling.retry import RetryBudget, RetryPolicy, retrying
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 """Default size cap of one downloaded image."""

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ProtocolError
+from kling_expand_plugin.kling.errors import ProtocolError
 
 
 class TaskStatus(enum.Enum):

@@ -38,10 +38,9 @@ from ray.data import Datasink
 from ray.data.block import Block, BlockAccessor
 
 from imgpipe import Item
-
-from .slots import Slots
-from .stage import OutpaintStage
-from .taskrunner import Budget, BudgetReached
+from kling_expand_plugin.batch.slots import Slots
+from kling_expand_plugin.batch.taskrunner import Budget, BudgetReached
+from kling_expand_plugin.outpaint.stage import OutpaintStage
 
 log = logging.getLogger(__name__)
 

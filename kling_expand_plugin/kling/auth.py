@@ -18,7 +18,7 @@ from typing import NoReturn
 
 import jwt
 
-from .errors import CredentialsError
+from kling_expand_plugin.kling.errors import CredentialsError
 
 TOKEN_LIFETIME = 1800.0
 """Seconds a signed token is valid for (`exp` = now + this)."""

@@ -20,7 +20,7 @@ import math
 import numpy as np
 from PIL import Image, ImageFilter
 
-from .geometry import Box, Canvas
+from kling_expand_plugin.imaging.geometry import Box, Canvas
 
 METHODS = ("mirror-fade", "fast")
 

@@ -33,8 +33,10 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from .client import ExpandRequest, KlingClient
-from .errors import (
+from kling_expand_plugin.batch.ledger import INTENT, Claim, Entry, SqlLedger
+from kling_expand_plugin.batch.slots import Slots
+from kling_expand_plugin.kling.client import ExpandRequest, KlingClient
+from kling_expand_plugin.kling.errors import (
     Cancelled,
     ConcurrencyLimitedError,
     DownloadError,
@@ -46,13 +48,11 @@ from .errors import (
     TransportError,
     WaitTimeout,
 )
-from .ledger import INTENT, Claim, Entry, SqlLedger
-from .models import Task, TaskImage
-from .retry import RetryBudget, RetryPolicy, retrying
-from .slots import Slots
+from kling_expand_plugin.kling.models import Task, TaskImage
+from kling_expand_plugin.kling.retry import RetryBudget, RetryPolicy, retrying
 
 if TYPE_CHECKING:
-    from .receiver import CallbackReceiver
+    from kling_expand_plugin.batch.receiver import CallbackReceiver
 
 log = logging.getLogger(__name__)
 

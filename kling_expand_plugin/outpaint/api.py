@@ -18,8 +18,7 @@ from urllib.parse import urlsplit
 from PIL import Image
 
 from imgpipe import Item
-
-from .stage import OutpaintStage
+from kling_expand_plugin.outpaint.stage import OutpaintStage
 
 Source = str | os.PathLike[str] | bytes | Image.Image
 """An image to expand: a file path, an http(s) URL, the encoded bytes, or a Pillow image."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .models import Task
+    from kling_expand_plugin.kling.models import Task
 
 
 class KlingError(Exception):

@@ -17,7 +17,13 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from .sql import KEY_COLUMNS, TASK_COLUMNS, LedgerError, SqlLedger, StoredBytes
+from kling_expand_plugin.batch.ledger.sql import (
+    KEY_COLUMNS,
+    TASK_COLUMNS,
+    LedgerError,
+    SqlLedger,
+    StoredBytes,
+)
 
 SCHEMA_LOCK = 0x6B6C696E67
 """Advisory lock key held while creating the tables: workers starting at once would otherwise

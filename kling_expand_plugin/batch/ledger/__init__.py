@@ -27,7 +27,7 @@ import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .sql import (
+from kling_expand_plugin.batch.ledger.sql import (
     DATABASE_SCHEMES,
     DEFAULT_STALE_AFTER,
     INTENT,
@@ -42,7 +42,7 @@ from .sql import (
     owner_id,
     owner_is_gone,
 )
-from .sqlite import SqliteLedger
+from kling_expand_plugin.batch.ledger.sqlite import SqliteLedger
 
 __all__ = [
     "DATABASE_SCHEMES",
@@ -76,7 +76,7 @@ def open_ledger(spec: str | Path) -> SqlLedger:
     `postgres` extra, for psycopg), or else the path of a SQLite file. LedgerError when it
     cannot be opened, read, or brought to this version's schema."""
     if is_database_url(spec):
-        from .postgres import PostgresLedger
+        from kling_expand_plugin.batch.ledger.postgres import PostgresLedger
 
         return PostgresLedger(str(spec))
     return SqliteLedger(spec)

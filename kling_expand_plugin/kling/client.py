@@ -32,10 +32,11 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from . import limits
-from .auth import Credentials
-from .download import DEFAULT_MAX_BYTES, Downloader
-from .errors import (
+from kling_expand_plugin.imaging.geometry import Ratios
+from kling_expand_plugin.kling import limits
+from kling_expand_plugin.kling.auth import Credentials
+from kling_expand_plugin.kling.download import DEFAULT_MAX_BYTES, Downloader
+from kling_expand_plugin.kling.errors import (
     AuthError,
     Cancelled,
     ConcurrencyLimitedError,
@@ -50,9 +51,8 @@ from .errors import (
     WaitTimeout,
     api_error,
 )
-from .geometry import Ratios
-from .models import Task
-from .retry import (
+from kling_expand_plugin.kling.models import Task
+from kling_expand_plugin.kling.retry import (
     DEFAULT_RETRY,
     RetryBudget,
     RetryPolicy,

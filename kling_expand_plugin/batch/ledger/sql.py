@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..models import Task
+from kling_expand_plugin.kling.models import Task
 
 SCHEMA_VERSION = 2
 

@@ -6,7 +6,7 @@ import contextlib
 import threading
 from collections.abc import Iterator
 
-from .errors import Cancelled
+from kling_expand_plugin.kling.errors import Cancelled
 
 
 class Slots:

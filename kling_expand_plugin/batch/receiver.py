@@ -27,9 +27,9 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
-from . import webhooks
-from .errors import ProtocolError
-from .models import Task, TaskStatus
+from kling_expand_plugin.kling import webhooks
+from kling_expand_plugin.kling.errors import ProtocolError
+from kling_expand_plugin.kling.models import Task, TaskStatus
 
 log = logging.getLogger(__name__)
 

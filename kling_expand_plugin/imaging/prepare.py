@@ -34,11 +34,10 @@ from PIL import (
 
 import imgpipe.item
 from imgpipe import FetchError, Item
-
-from . import limits
-from .fill import fill
-from .geometry import Box, Canvas
-from .plan import Plan, PlanError, Target, plan_expansion
+from kling_expand_plugin.imaging.fill import fill
+from kling_expand_plugin.imaging.geometry import Box, Canvas
+from kling_expand_plugin.imaging.plan import Plan, PlanError, Target, plan_expansion
+from kling_expand_plugin.kling import limits
 
 JPEG_QUALITIES = (95, 90, 85, 80, 75, 70)
 ANIMATED_POLICIES = ("first", "reject")

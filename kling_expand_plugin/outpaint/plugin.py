@@ -1,8 +1,7 @@
 """The plugin's entry point: registers the `outpaint` stage with the imgpipe host."""
 
 from imgpipe import Register, hookimpl
-
-from .stage import OutpaintStage
+from kling_expand_plugin.outpaint.stage import OutpaintStage
 
 
 @hookimpl

@@ -22,8 +22,8 @@ import itertools
 import math
 from dataclasses import dataclass
 
-from . import limits
-from .geometry import Box, Canvas, Ratios, canvas_for
+from kling_expand_plugin.imaging.geometry import Box, Canvas, Ratios, canvas_for
+from kling_expand_plugin.kling import limits
 
 RATIO_DECIMALS = 4
 ASPECT_POLICIES = ("pad", "crop", "reject")

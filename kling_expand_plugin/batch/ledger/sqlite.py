@@ -13,7 +13,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .sql import KEY_COLUMNS, SCHEMA_VERSION, TASK_COLUMNS, LedgerError, SqlLedger, StoredBytes
+from kling_expand_plugin.batch.ledger.sql import (
+    KEY_COLUMNS,
+    SCHEMA_VERSION,
+    TASK_COLUMNS,
+    LedgerError,
+    SqlLedger,
+    StoredBytes,
+)
 
 
 class SqliteLedger(SqlLedger):
