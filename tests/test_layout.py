@@ -77,3 +77,26 @@ def test_no_import_cycle_between_the_package_s_modules():
 
     cycles = [name for name in graph if reaches(name, name, {name})]
     assert not cycles, cycles
+
+
+def test_a_wheel_holds_imgpipe_and_kling_expand_plugin_and_every_subpackage():
+    import tomllib
+    from pathlib import Path
+
+    from setuptools import find_packages
+
+    root = Path(__file__).parents[1]
+    found = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = found["packages"]["find"]
+    packages = {
+        name
+        for where in found["where"]
+        for name in find_packages(str(root / where), include=found["include"])
+    }
+    assert {name.partition(".")[0] for name in packages} == {"imgpipe", "kling_expand_plugin"}
+    folders = {
+        ".".join(path.parent.relative_to(root / where).parts)
+        for where, top in (("hooks", "imgpipe"), (".", "kling_expand_plugin"))
+        for path in (root / where / top).rglob("*.py")
+    }
+    assert folders <= packages, folders - packages
