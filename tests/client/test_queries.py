@@ -27,7 +27,7 @@ def test_get_and_get_by_external_id_on_the_local_server(local_server, make_clien
     (task,) = create_some(client, image_b64, 1)
     assert client.get(task.task_id).task_id == task.task_id
     assert client.get_by_external_id(task.external_task_id).task_id == task.task_id
-    assert client._external_id_form == "path"
+    assert client._expansion._external_id_form == "path"
     with pytest.raises(NotFoundError) as caught:
         client.get("no-such-task")
     assert caught.value.code == 1203
