@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 from kling_expand_plugin.kling import webhooks
 from kling_expand_plugin.kling.errors import ProtocolError
 from kling_expand_plugin.kling.models import Task, TaskStatus
+from kling_expand_plugin.kling.wire import task_from_json
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +201,7 @@ class CallbackReceiver:
         if not hmac.compare_digest(token.encode(), self._token(external_id).encode()):
             return self._reject(403, "wrong_token", external_id)
         try:
-            task = Task.from_json(payload)
+            task = task_from_json(payload)
         except ProtocolError as error:
             log.warning("callback for %.100r is malformed: %s", external_id, error)
             return self._reject(400, "malformed")

@@ -31,6 +31,7 @@ from kling_expand_plugin.kling.errors import (
 )
 from kling_expand_plugin.kling.models import Task
 from kling_expand_plugin.kling.transport import Transport
+from kling_expand_plugin.kling.wire import tasks_in
 
 EXPAND_PATH = "/v1/images/editing/expand"
 
@@ -160,7 +161,7 @@ class ImageExpansion:
     def get(self, task_id: str) -> Task:
         """The task with this `task_id`."""
         path = f"{EXPAND_PATH}/{quote(task_id, safe='')}"
-        tasks = _tasks_in(self._transport.retried(functools.partial(self._get, path)))
+        tasks = tasks_in(self._transport.retried(functools.partial(self._get, path)))
         matching = [task for task in tasks if task.task_id == task_id]
         if matching:
             return matching[0]
@@ -193,7 +194,7 @@ class ImageExpansion:
         for page in range(first_page, last_page + 1):
             params = {"pageNum": page, "pageSize": page_size}
             fetch = functools.partial(self._get, EXPAND_PATH, params)
-            tasks = _tasks_in(self._transport.retried(fetch))
+            tasks = tasks_in(self._transport.retried(fetch))
             for task in tasks:
                 # Tasks created while walking shift the pages; do not yield one twice.
                 if task.task_id not in seen:
@@ -215,7 +216,7 @@ class ImageExpansion:
                 raise
             logger.info("create %s: the external_task_id is taken by the same task", external_id)
             return existing
-        tasks = _tasks_in(data)
+        tasks = tasks_in(data)
         if len(tasks) != 1:
             # Accepted (code 0) but unreadable: the task may exist, so look it up on the retry.
             raise ProtocolError(
@@ -239,12 +240,12 @@ class ImageExpansion:
 
     def _query_external_id(self, form: str, external_id: str) -> Task:
         if form == "path":
-            tasks = _tasks_in(self._get(f"{EXPAND_PATH}/{quote(external_id, safe='')}"))
+            tasks = tasks_in(self._get(f"{EXPAND_PATH}/{quote(external_id, safe='')}"))
             # A server that does not echo task_info still answered for this id.
             if len(tasks) == 1 and tasks[0].external_task_id is None:
                 return tasks[0]
         else:
-            tasks = _tasks_in(self._get(EXPAND_PATH, {"external_task_id": external_id}))
+            tasks = tasks_in(self._get(EXPAND_PATH, {"external_task_id": external_id}))
         # A server that ignores the query parameter answers a page of other tasks: filter.
         for task in tasks:
             if task.external_task_id == external_id:
@@ -275,14 +276,3 @@ def _describe_image(image: str) -> str:
     if image.startswith(("http://", "https://")):
         return f"URL on {urlsplit(image).hostname}"
     return f"base64, {len(image)} chars"
-
-
-def _tasks_in(data: Any) -> list[Task]:
-    """The tasks in an envelope's `data`: an object, a list of them, or nothing."""
-    if data is None:
-        return []
-    if isinstance(data, dict):
-        return [Task.from_json(data)]
-    if isinstance(data, list):
-        return [Task.from_json(item) for item in data]
-    raise ProtocolError(f"data is a {type(data).__name__}, not a task or a list of tasks")
