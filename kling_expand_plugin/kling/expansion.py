@@ -35,7 +35,7 @@ from kling_expand_plugin.kling.wire import tasks_in
 
 EXPAND_PATH = "/v1/images/editing/expand"
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ class ImageExpansion:
         """
         body = request.body()
         external_id = body["external_task_id"]
-        logger.debug(
+        log.debug(
             "create external_task_id=%s image=%s n=%d",
             external_id,
             _describe_image(request.image),
@@ -148,7 +148,7 @@ class ImageExpansion:
             if maybe_created:
                 existing = self._find_by_external_id(external_id)
                 if existing is not None:
-                    logger.info("create %s: found the task already created", external_id)
+                    log.info("create %s: found the task already created", external_id)
                     return existing
             try:
                 return self._post_create(body, external_id)
@@ -214,7 +214,7 @@ class ImageExpansion:
             existing = self._find_by_external_id(external_id)
             if existing is None:
                 raise
-            logger.info("create %s: the external_task_id is taken by the same task", external_id)
+            log.info("create %s: the external_task_id is taken by the same task", external_id)
             return existing
         tasks = tasks_in(data)
         if len(tasks) != 1:
@@ -233,7 +233,7 @@ class ImageExpansion:
             except (NotFoundError, InvalidRequestError):
                 continue
             if self._external_id_form != form:
-                logger.debug("the server answers queries by external_task_id in %s form", form)
+                log.debug("the server answers queries by external_task_id in %s form", form)
                 self._external_id_form = form
             return task
         return None

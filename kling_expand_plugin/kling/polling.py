@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from kling_expand_plugin.kling.errors import Cancelled, KlingError, TaskFailedError, WaitTimeout
 from kling_expand_plugin.kling.models import Task
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -79,4 +79,4 @@ def wait_for(
         except KlingError as error:
             if not error.retryable:
                 raise
-            logger.warning("polling task %s: %s; polling on", task_id, error)
+            log.warning("polling task %s: %s; polling on", task_id, error)

@@ -34,7 +34,7 @@ from kling_expand_plugin.kling.retry import RetryBudget, RetryPolicy, retry_afte
 
 DEFAULT_BASE_URL = "https://api-singapore.klingai.com"
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -133,7 +133,7 @@ class Transport:
             except AuthError as error:
                 if resigned or not error.token_expired or not self._credentials.can_refresh:
                     raise
-                logger.info("%s %s: token refused (code %s); re-signing", method, path, error.code)
+                log.info("%s %s: token refused (code %s); re-signing", method, path, error.code)
                 self._credentials.refresh()
                 resigned = True
 
@@ -160,11 +160,11 @@ class Transport:
         except requests.RequestException as exc:
             never_sent = _never_sent(exc)
             reason = self._credentials.redact(str(exc))
-            logger.debug("%s %s failed: %s: %s", method, path, type(exc).__name__, reason)
+            log.debug("%s %s failed: %s: %s", method, path, type(exc).__name__, reason)
             raise TransportError(
                 f"{method} {path}: {type(exc).__name__}: {reason}", maybe_sent=not never_sent
             ) from None
-        logger.debug(
+        log.debug(
             "%s %s -> HTTP %d in %.3f s",
             method,
             path,
@@ -196,7 +196,7 @@ class Transport:
             )
         request_id = envelope.get("request_id")
         request_id = None if request_id is None else str(request_id)
-        logger.debug("%s %s: code %d request_id %s", method, path, code, request_id)
+        log.debug("%s %s: code %d request_id %s", method, path, code, request_id)
         if code != 0:
             message = self._credentials.redact(str(envelope.get("message") or "")) or "no message"
             error = api_error(
@@ -240,7 +240,7 @@ def _checked_base_url(base_url: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"base_url must be an http(s) URL, not {base_url!r}")
     if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
-        logger.warning("tokens will travel unencrypted to %s (plain http)", parts.hostname)
+        log.warning("tokens will travel unencrypted to %s (plain http)", parts.hostname)
     return base_url.rstrip("/")
 
 
