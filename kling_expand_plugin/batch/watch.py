@@ -12,8 +12,9 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from kling_expand_plugin.kling.client import KlingClient
-from kling_expand_plugin.kling.errors import KlingError, WaitTimeout
+from kling_expand_plugin.kling.errors import WaitTimeout
 from kling_expand_plugin.kling.models import Task
+from kling_expand_plugin.kling.polling import look
 
 if TYPE_CHECKING:
     from kling_expand_plugin.batch.receiver import CallbackReceiver
@@ -104,12 +105,7 @@ def watch(
                     task = delivered
                     continue
                 unconfirmed_end = True
-            try:
-                task = client.get(task.task_id)
-            except KlingError as error:
-                if not error.retryable:
-                    raise
-                log.warning("polling task %s: %s; polling on", task.task_id, error)
+            task = look(client.get, task.task_id, task)
             next_poll = time.monotonic() + next(delays)
     finally:
         if receiver is not None:

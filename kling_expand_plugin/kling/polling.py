@@ -9,11 +9,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 from kling_expand_plugin.kling.errors import Cancelled, KlingError, TaskFailedError, WaitTimeout
 from kling_expand_plugin.kling.models import Task
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T", bound=Task | None)
 
 
 @dataclass(frozen=True)
@@ -74,9 +77,16 @@ def wait_for(
         poll_now = False
         if cancel is not None and cancel.is_set():
             raise Cancelled(f"waiting for task {task_id} was cancelled")
-        try:
-            last = get(task_id)
-        except KlingError as error:
-            if not error.retryable:
-                raise
-            log.warning("polling task %s: %s; polling on", task_id, error)
+        last = look(get, task_id, last)
+
+
+def look(get: Callable[[str], Task], task_id: str, last: T) -> Task | T:
+    """One poll: `get(task_id)`, or `last` after a transient error (logged: waits poll on
+    through them); other errors are raised."""
+    try:
+        return get(task_id)
+    except KlingError as error:
+        if not error.retryable:
+            raise
+        log.warning("polling task %s: %s; polling on", task_id, error)
+        return last
