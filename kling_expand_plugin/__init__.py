@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from kling_expand_plugin.imaging.geometry import Ratios
     from kling_expand_plugin.kling.auth import Credentials
-    from kling_expand_plugin.kling.client import ExpandRequest, KlingClient
+    from kling_expand_plugin.kling.client import KlingClient
+    from kling_expand_plugin.kling.expansion import ExpandRequest
     from kling_expand_plugin.outpaint.api import expand, expand_many
     from kling_expand_plugin.outpaint.stage import OutpaintStage
 
@@ -21,7 +22,7 @@ _PUBLIC = {
     "expand": ".outpaint.api",
     "expand_many": ".outpaint.api",
     "Credentials": ".kling.auth",
-    "ExpandRequest": ".kling.client",
+    "ExpandRequest": ".kling.expansion",
     "KlingClient": ".kling.client",
     "Ratios": ".imaging.geometry",
     "OutpaintStage": ".outpaint.stage",

@@ -4,12 +4,18 @@ is tests/reliability/test_crash_resume.py."""
 
 from __future__ import annotations
 
+import base64
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from imgpipe import Item
-from kling_expand_plugin.batch import taskrunner
+from kling_expand_plugin.batch.ledger import SqliteLedger
+from kling_expand_plugin.batch.slots import Slots
+from kling_expand_plugin.batch.taskrunner import TaskRunner
+from kling_expand_plugin.imaging.geometry import Ratios
+from kling_expand_plugin.kling.client import ExpandRequest, KlingClient, RetryPolicy
 from kling_expand_plugin.localserver import LocalServer
 from kling_expand_plugin.outpaint.stage import OutpaintStage
 from tests.helpers import picture
@@ -20,6 +26,8 @@ KEYS = {
     "KLING_ACCESS_KEY": "batch-access-key",
     "KLING_SECRET_KEY": "batch-secret-key-0123456789abcdef",
 }
+
+RATIOS = Ratios(0.1, 0.1, 0.2, 0.2)
 
 
 def items(count: int) -> list[Item]:
@@ -61,13 +69,24 @@ def test_a_batch_larger_than_the_account_keeps_it_full_and_never_over(credential
     assert outpaint.summary["created"] == 24 and outpaint.summary["max_slots_in_use"] == 4
 
 
-def test_a_1303_storm_is_waited_out(credentials, tmp_path, monkeypatch):
-    monkeypatch.setattr(taskrunner, "CONCURRENCY_BACKOFF", (0.05, 0.2))
-    # The account allows 2 tasks; the stage believes it has 6, as when others share the account.
-    with server(concurrency=2) as local:
-        results = list(stage(local.url, tmp_path, concurrency=6)(items(12)))
+def test_a_1303_storm_is_waited_out(credentials, tmp_path):
+    # The account allows 2 tasks; the runner believes it has 6, as when others share the account.
+    requests = [
+        ExpandRequest(image=base64.b64encode(picture(number, (400, 300))).decode(), ratios=RATIOS)
+        for number in range(12)
+    ]
+    retry = RetryPolicy(retry_concurrency=False)  # 1303 handed to the runner, as the stage does
+    with server(concurrency=2) as local, KlingClient(local.url, retry=retry) as client:
+        ledger = SqliteLedger(tmp_path / "ledger.sqlite")
+        runner = TaskRunner(
+            client, ledger, "local", slots=Slots(6), timeout=60, concurrency_backoff=(0.05, 0.2)
+        )
+        with ThreadPoolExecutor(6) as pool:
+            outcomes = list(pool.map(runner.run, [f"img{i}" for i in range(12)], requests))
+        ledger.close()
         stats = local.stats()
-    assert len(results) == 12 and stats["max_slots_in_use"] == 2
+    assert all(len(outcome.images) == 1 for outcome in outcomes)
+    assert stats["max_slots_in_use"] == 2 and runner.tally.created == 12
     assert sum(stats["create_attempts_by_external_id"].values()) > 12  # 1303s were answered
     assert stats["tasks"]["succeed"] == 12
 

@@ -22,8 +22,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import imgpipe.item
-from imgpipe import FetchError, Item, redact_url
+from imgpipe import FetchError, Item, UrlLimits, redact_url
 from imgpipe.stages.load import load
 from kling_expand_plugin.imaging.plan import Target
 from kling_expand_plugin.imaging.prepare import FitError, prepare
@@ -138,41 +137,37 @@ def server() -> Iterator[str]:
     httpd.server_close()
 
 
-def refusal(url: str) -> tuple[FitError, float]:
+def refusal(url: str, limits: UrlLimits | None = None) -> tuple[FitError, float]:
     started = time.monotonic()
     with pytest.raises(FitError) as refused:
-        prepare(Item("input.png", url), Target(aspect=16 / 9))
+        prepare(Item("input.png", url, url_limits=limits or UrlLimits()), Target(aspect=16 / 9))
     return refused.value, time.monotonic() - started
 
 
 @pytest.mark.timeout(30)
-def test_a_dripping_body_is_cut_at_the_deadline(server, monkeypatch):
-    monkeypatch.setattr(imgpipe.item, "URL_DEADLINE", 1.0)
-    error, seconds = refusal(server + "/drip.png" + SIGNED)
+def test_a_dripping_body_is_cut_at_the_deadline(server):
+    error, seconds = refusal(server + "/drip.png" + SIGNED, UrlLimits(deadline=1.0))
     assert 1.0 <= seconds < 2.5
     assert "not fetched within 1 s" in error.problem and "within 1 s" in error.rule
     assert SECRET not in str(error) and "X-Amz-Signature=..." in str(error)
 
 
 @pytest.mark.timeout(30)
-def test_an_endless_body_is_cut_at_the_size_cap(server, monkeypatch):
-    monkeypatch.setattr(imgpipe.item, "MAX_URL_BYTES", 1 << 20)
-    error, seconds = refusal(server + "/endless.png")
-    assert seconds < 5 and f"more than {1 << 20} bytes" in error.problem
+def test_an_endless_body_is_cut_at_the_size_cap(server):
+    error, seconds = refusal(server + "/endless.png", UrlLimits(max_bytes=1 << 20))
+    assert seconds < 5 and f"more than {1 << 20} bytes" in error.problem and "1 MiB" in error.rule
 
 
 @pytest.mark.timeout(30)
-def test_an_endless_body_under_the_cap_is_cut_at_the_deadline(server, monkeypatch):
-    monkeypatch.setattr(imgpipe.item, "URL_DEADLINE", 1.0)
-    error, seconds = refusal(server + "/stream.png")
+def test_an_endless_body_under_the_cap_is_cut_at_the_deadline(server):
+    error, seconds = refusal(server + "/stream.png", UrlLimits(deadline=1.0))
     assert 1.0 <= seconds < 2.5 and "not fetched within 1 s" in error.problem
 
 
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("path", ["/pause.png", "/pause-unsized.png"])
-def test_a_silence_late_in_the_body_ends_at_the_deadline_not_after(server, monkeypatch, path):
-    monkeypatch.setattr(imgpipe.item, "URL_DEADLINE", 1.0)
-    error, seconds = refusal(server + path)
+def test_a_silence_late_in_the_body_ends_at_the_deadline_not_after(server, path):
+    error, seconds = refusal(server + path, UrlLimits(deadline=1.0))
     assert 1.0 <= seconds < 1.4 and "not fetched within 1 s" in error.problem
 
 

@@ -2,11 +2,12 @@
 
 from .config import StageConfig, load_config, parse_config
 from .errors import ConfigError, OptionError, PipelineError, PluginLoadError, RegistrationError
-from .item import FetchError, Item, redact_url
+from .item import Item
 from .manager import PluginManager, make_plugin_manager
 from .markers import PROJECT, hookimpl, hookspec
 from .registry import Register, Stage, StageFactory, StageInfo, StageRegistry
 from .runner import Failure, build_pipeline, check_pipeline, failures_of, run_pipeline, run_stages
+from .urls import FetchError, UrlLimits, redact_url
 
 __all__ = [
     "PROJECT",
@@ -25,6 +26,7 @@ __all__ = [
     "StageFactory",
     "StageInfo",
     "StageRegistry",
+    "UrlLimits",
     "build_pipeline",
     "check_pipeline",
     "failures_of",

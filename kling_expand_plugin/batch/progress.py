@@ -6,7 +6,6 @@ import logging
 import sys
 import threading
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any, TextIO
 
 INTERVAL = 0.2
@@ -63,12 +62,7 @@ class Progress:
             self._thread.start()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=2)

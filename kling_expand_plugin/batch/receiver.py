@@ -23,13 +23,13 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
 from kling_expand_plugin.kling import webhooks
 from kling_expand_plugin.kling.errors import ProtocolError
 from kling_expand_plugin.kling.models import Task, TaskStatus
+from kling_expand_plugin.kling.wire import task_from_json
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,6 @@ MAX_BODY_BYTES = 1024 * 1024
 
 DRAIN_LIMIT = 8 * 1024 * 1024
 """An oversized body up to this size is read and dropped so the sender sees the 413."""
-
-SIGNATURE_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -97,12 +95,7 @@ class CallbackReceiver:
     def __enter__(self) -> CallbackReceiver:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
     def start(self) -> CallbackReceiver:
@@ -208,7 +201,7 @@ class CallbackReceiver:
         if not hmac.compare_digest(token.encode(), self._token(external_id).encode()):
             return self._reject(403, "wrong_token", external_id)
         try:
-            task = Task.from_json(payload)
+            task = task_from_json(payload)
         except ProtocolError as error:
             log.warning("callback for %.100r is malformed: %s", external_id, error)
             return self._reject(400, "malformed")
@@ -218,21 +211,12 @@ class CallbackReceiver:
         self, secret: str, headers: Mapping[str, str], body: bytes
     ) -> tuple[str, int] | str:
         """(webhook-id, timestamp) of a validly signed, fresh delivery, else why it is not."""
-        values = {name: headers.get(name, "") for name in SIGNATURE_HEADERS}
-        if not all(values.values()):
-            return "unsigned"
         try:
-            timestamp = int(values["webhook-timestamp"])
-        except ValueError:
-            return "bad_timestamp"
-        now = self._clock()
-        if abs(now - timestamp) > self._tolerance:
-            return "stale_timestamp"
-        try:
-            webhooks.verify(secret, values, body, now=now, tolerance=self._tolerance)
-        except webhooks.WebhookVerificationError:
-            return "bad_signature"
-        return values["webhook-id"], timestamp
+            return webhooks.verify(
+                secret, headers, body, now=self._clock(), tolerance=self._tolerance
+            )
+        except webhooks.WebhookVerificationError as error:
+            return error.reason
 
     def _record(self, external_id: str, task: Task, signed: tuple[str, int] | None) -> str:
         """Apply a verified delivery unless it is a replay or older news; returns the outcome."""

@@ -22,20 +22,20 @@ import contextlib
 import dataclasses
 import io
 import logging
-import random
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PIL import Image
 
+from kling_expand_plugin.batch.budget import Budget, BudgetReached
 from kling_expand_plugin.batch.ledger import INTENT, Claim, Entry, SqlLedger
 from kling_expand_plugin.batch.slots import Slots
-from kling_expand_plugin.kling.client import ExpandRequest, KlingClient
+from kling_expand_plugin.batch.watch import Polling, watch
+from kling_expand_plugin.kling.client import KlingClient
 from kling_expand_plugin.kling.errors import (
     Cancelled,
     ConcurrencyLimitedError,
@@ -48,6 +48,7 @@ from kling_expand_plugin.kling.errors import (
     TransportError,
     WaitTimeout,
 )
+from kling_expand_plugin.kling.expansion import ExpandRequest
 from kling_expand_plugin.kling.models import Task, TaskImage
 from kling_expand_plugin.kling.retry import RetryBudget, RetryPolicy, retrying
 
@@ -57,14 +58,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CONCURRENCY_BACKOFF = (1.0, 30.0)
-"""First and longest wait after a 1303 (too many tasks running on the account), in seconds."""
+"""First and longest wait after a 1303 (too many tasks running on the account), in seconds:
+the default of `TaskRunner(concurrency_backoff=...)`."""
 
 CLAIM_WAIT = 0.5
 """Seconds between looks at a piece of work another process is creating."""
-
-
-class BudgetReached(RuntimeError):
-    """A new task would take the units spent and reserved past the budget."""
 
 
 class PreviouslyFailed(RuntimeError):
@@ -90,46 +88,6 @@ class Outcome:
     """Each result image: the file the ledger stored it in, or its bytes."""
     from_ledger: bool = False
     new_units: float = 0.0
-
-
-class Budget:
-    """A ceiling on the units a run spends: a new task reserves what it may cost before its
-    create, and the reservation is settled only when the task's final units are known.
-
-    A task is estimated at the most any task cost per image so far (1 unit per image before
-    the first is known), so a ceiling holds whatever the concurrency.
-    """
-
-    def __init__(self, limit: float) -> None:
-        self.limit = limit
-        self.spent = 0.0
-        self.reserved = 0.0
-        self._per_image = 1.0
-        self._lock = threading.Lock()
-
-    def reserve(self, key: str, n: int) -> float:
-        """Hold back what a task of `n` images may cost; BudgetReached when it does not fit."""
-        with self._lock:
-            estimate = self._per_image * n
-            if self.spent + self.reserved + estimate > self.limit + 1e-9:
-                raise BudgetReached(
-                    f"item {key!r}: not submitted: {self.spent:g} units spent and "
-                    f"{self.reserved:g} reserved of the budget of {self.limit:g}"
-                )
-            self.reserved += estimate
-            return estimate
-
-    def settle(self, reservation: float, units: float, n: int) -> None:
-        """The task ended and cost `units`: the reservation becomes spending."""
-        with self._lock:
-            self.reserved -= reservation
-            self.spent += units
-            self._per_image = max(self._per_image, units / n)
-
-    def release(self, reservation: float) -> None:
-        """The create certainly did not happen: the reservation is free again."""
-        with self._lock:
-            self.reserved -= reservation
 
 
 @dataclass
@@ -166,6 +124,7 @@ class TaskRunner:
         receiver: CallbackReceiver | None = None,
         retry_failed: bool = False,
         recreate_lost: bool = False,
+        concurrency_backoff: tuple[float, float] = CONCURRENCY_BACKOFF,
     ) -> None:
         self.client = client
         self.ledger = ledger
@@ -177,6 +136,7 @@ class TaskRunner:
         self.receiver = receiver
         self.retry_failed = retry_failed
         self.recreate_lost = recreate_lost
+        self.concurrency_backoff = concurrency_backoff
         self.tally = Tally()
         self.cancelled = threading.Event()
         self._work_locks: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
@@ -239,7 +199,8 @@ class TaskRunner:
                 continue
             self.tally.add(reattached=1)
             log.debug("%s: re-attached to task %s (%s)", key, task.task_id, task.status.value)
-            with self._slots_for(task, request.n):
+            running = self.slots.hold(request.n, cancel=self.cancelled)  # held while it runs
+            with contextlib.nullcontext() if task.finished else running:
                 task = self._wait(task, work_id)
             return self._finish(key, work_id, task, request.n, max_bytes, new=False)
 
@@ -358,8 +319,8 @@ class TaskRunner:
         renewed meanwhile."""
         policy = RetryPolicy(
             attempts=sys.maxsize,
-            base_delay=CONCURRENCY_BACKOFF[0],
-            max_delay=CONCURRENCY_BACKOFF[1],
+            base_delay=self.concurrency_backoff[0],
+            max_delay=self.concurrency_backoff[1],
             deadline=self.timeout,
             jitter=0.2,
         )
@@ -378,55 +339,18 @@ class TaskRunner:
             sleep=self._sleep,
         )
 
-    @contextlib.contextmanager
-    def _slots_for(self, task: Task, n: int) -> Iterator[None]:
-        """Hold slots while a re-attached task still runs."""
-        if task.finished:
-            yield
-            return
-        with self.slots.hold(n, cancel=self.cancelled):
-            yield
-
     def _wait(self, task: Task, work_id: str) -> Task:
         """The ended task (failed included): from a callback where one comes, else polling."""
         external_id = task.external_task_id or work_id
-        started = time.monotonic()
-        deadline = started + self.timeout
-        delays = self.polling.delays(started, fallback=self.receiver is not None)
-        next_poll = started + next(delays)
-        unconfirmed_end = False  # an unsigned "ended" delivery the API did not confirm
-        try:
-            while not task.finished:
-                self.check_cancelled()
-                now = time.monotonic()
-                if now >= deadline:
-                    raise WaitTimeout(task.task_id, self.timeout, task)
-                if now < next_poll:
-                    wait = min(next_poll, deadline) - now
-                    if self.receiver is None or unconfirmed_end:
-                        self._sleep(wait)
-                        continue
-                    delivered = self.receiver.wait(external_id, wait, after=task.status)
-                    if delivered is None:
-                        continue
-                    if self.receiver.verifies_signatures or not delivered.finished:
-                        task = delivered
-                        continue
-                    # An unsigned delivery could be forged: confirm an end with the API, once.
-                    unconfirmed_end = True
-                try:
-                    task = self.client.get(task.task_id)
-                except KlingError as error:
-                    if not error.retryable:
-                        raise
-                    log.warning("polling task %s: %s; polling on", task.task_id, error)
-                next_poll = time.monotonic() + next(delays)
-        finally:
-            if self.receiver is not None:
-                self.receiver.forget(external_id)
-        if not task.failed:
-            self.polling.observe(_run_time(task) or time.monotonic() - started)
-        return task
+        return watch(
+            self.client,
+            task,
+            external_id,
+            timeout=self.timeout,
+            polling=self.polling,
+            receiver=self.receiver,
+            pause=self._sleep,
+        )
 
     def _download(self, task: Task, image: TaskImage, max_bytes: int | None) -> bytes:
         """A result image; if its URL has expired, once more with a fresh URL from the API."""
@@ -465,55 +389,3 @@ def _intact(stored: Path | bytes) -> bool:
     except Exception:
         return False
     return True
-
-
-def _run_time(task: Task) -> float | None:
-    """How long the task ran by the server's own clock: our polling's lag left out, so that
-    learning from it does not delay the next look further."""
-    if task.created_at and task.updated_at and task.updated_at > task.created_at:
-        return (task.updated_at - task.created_at) / 1000
-    return None
-
-
-class Polling:
-    """When to look at a task: when the quicker of similar tasks have ended, then often.
-
-    Until a task has finished, the looks come a tenth of the time waited so far apart (so the
-    lag is at most a tenth of the task's run time). After that, the first look
-    comes when a tenth of recent tasks had ended, the next after a fiftieth of their median
-    duration, growing to a tenth of it: most tasks are noticed within a few percent of their
-    run time, and none later than a tenth (the API does not limit queries; creates count).
-    With callbacks, polling is the fallback for lost deliveries only: the first look comes
-    at one and a half times the median, then every quarter of it.
-    """
-
-    def __init__(self, first: float = 0.25, longest: float = 5.0, shortest: float = 0.02) -> None:
-        self.first, self.longest, self.shortest = first, longest, shortest
-        self._recent: collections.deque[float] = collections.deque(maxlen=64)
-        self._lock = threading.Lock()
-
-    def observe(self, seconds: float) -> None:
-        """Learn from a task that took `seconds` from its create (or re-attach) to its end."""
-        with self._lock:
-            self._recent.append(seconds)
-
-    def delays(self, started: float, *, fallback: bool = False) -> Iterator[float]:
-        """The waits before each look at a task that started (monotonic clock) at `started`."""
-        with self._lock:
-            recent = sorted(self._recent)
-        if not recent:  # nothing learnt yet: keep the lag within a tenth of the time so far
-            share = 0.4 if fallback else 0.1
-            while True:
-                elapsed = time.monotonic() - started
-                yield min(max(self.first, share * elapsed), self.longest) * random.uniform(0.9, 1.1)
-        quick, median = recent[len(recent) // 10], recent[len(recent) // 2]
-        elapsed = time.monotonic() - started
-        if fallback:
-            yield max(self.shortest, 1.5 * median - elapsed)
-            while True:
-                yield max(median / 4, self.shortest)
-        yield max(self.shortest, quick - elapsed)
-        step, most = median / 50, min(median / 10, self.longest)
-        while True:
-            yield min(max(step, self.shortest), most)
-            step *= 1.15

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from kling_expand_plugin.cli.common import (
     print_json,
     reaching,
 )
-from kling_expand_plugin.kling.client import DEFAULT_BASE_URL, KlingClient, PollSchedule
+from kling_expand_plugin.kling.client import KlingClient
 from kling_expand_plugin.kling.errors import (
     InvalidRequestError,
     NotFoundError,
@@ -28,6 +29,8 @@ from kling_expand_plugin.kling.errors import (
     WaitTimeout,
 )
 from kling_expand_plugin.kling.models import Task
+from kling_expand_plugin.kling.polling import PollSchedule
+from kling_expand_plugin.kling.transport import DEFAULT_BASE_URL
 
 
 def add_tasks(
@@ -105,24 +108,26 @@ def tasks_list_command(args: argparse.Namespace) -> int:
 
 
 def tasks_get_command(args: argparse.Namespace) -> int:
-    with client_for(args.endpoint) as client, reaching(args.endpoint):
-        task = _find_task(client, args.id)
-    if task is None:
-        print(f"kling-expand: no task {args.id}", file=sys.stderr)
-        return EXIT_FAILED
-    _show_task(task, args.json)
-    return EXIT_OK
+    return _show_found(args, lambda client, task: task)
 
 
 def tasks_wait_command(args: argparse.Namespace) -> int:
     schedule = PollSchedule(first=args.interval, longest=max(args.interval, 30.0))
+    return _show_found(
+        args, lambda client, task: client.wait(task, timeout=args.timeout, schedule=schedule)
+    )
+
+
+def _show_found(args: argparse.Namespace, then: Callable[[KlingClient, Task], Task]) -> int:
+    """Find the task `args.id`, show what `then(client, task)` makes of it; 1 when there is no
+    such task, it failed, or the wait timed out."""
     with client_for(args.endpoint) as client, reaching(args.endpoint):
         task = _find_task(client, args.id)
         if task is None:
             print(f"kling-expand: no task {args.id}", file=sys.stderr)
             return EXIT_FAILED
         try:
-            task = client.wait(task, timeout=args.timeout, schedule=schedule)
+            task = then(client, task)
         except TaskFailedError as exc:
             _show_task(exc.task, args.json)
             return EXIT_FAILED

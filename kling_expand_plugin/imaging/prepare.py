@@ -32,7 +32,6 @@ from PIL import (
     UnidentifiedImageError,
 )
 
-import imgpipe.item
 from imgpipe import FetchError, Item
 from kling_expand_plugin.imaging.fill import fill
 from kling_expand_plugin.imaging.geometry import Box, Canvas
@@ -252,8 +251,8 @@ def _read(item: Item) -> bytes:
         raise FitError(
             item.key,
             f"could not be fetched: {error}",
-            f"a URL input is fetched once, within {imgpipe.item.URL_DEADLINE:g} s and "
-            f"{imgpipe.item.MAX_URL_BYTES / 2**20:g} MiB",
+            f"a URL input is fetched once, within {item.url_limits.deadline:g} s and "
+            f"{item.url_limits.max_bytes / 2**20:g} MiB",
         ) from None
     except OSError as error:
         reason = error.strerror or type(error).__name__

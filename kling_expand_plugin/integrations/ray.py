@@ -38,8 +38,8 @@ from ray.data import Datasink
 from ray.data.block import Block, BlockAccessor
 
 from imgpipe import Item
+from kling_expand_plugin.batch.budget import Budget, BudgetReached
 from kling_expand_plugin.batch.slots import Slots
-from kling_expand_plugin.batch.taskrunner import Budget, BudgetReached
 from kling_expand_plugin.outpaint.stage import OutpaintStage
 
 log = logging.getLogger(__name__)

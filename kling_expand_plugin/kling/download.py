@@ -27,7 +27,7 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 
 CHUNK_BYTES = 1024 * 1024
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 def safe_url(url: str) -> str:
@@ -116,9 +116,7 @@ class Downloader:
             raise DownloadError(
                 f"{shown}: cut off after {received} of {declared} bytes", retryable=True
             )
-        logger.debug(
-            "downloaded %s: %d bytes in %.3f s", shown, received, time.monotonic() - started
-        )
+        log.debug("downloaded %s: %d bytes in %.3f s", shown, received, time.monotonic() - started)
 
 
 def _retry_delay(error: Exception, budget: RetryBudget) -> float | None:

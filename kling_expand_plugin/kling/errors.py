@@ -6,10 +6,9 @@ code, the server's message and its `request_id`. No error ever holds a secret or
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from kling_expand_plugin.kling.models import Task
+from kling_expand_plugin.kling.models import Task
 
 
 class KlingError(Exception):

@@ -18,7 +18,12 @@ SECRET_PREFIX = "whsec_"
 
 
 class WebhookVerificationError(ValueError):
-    """A received webhook failed verification; the message says why (never the secret)."""
+    """A received webhook failed verification; the message says why (never the secret), and
+    `reason` in a word: unsigned, bad_timestamp, stale_timestamp or bad_signature."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def _key(secret: str) -> bytes:
@@ -43,25 +48,29 @@ def verify(
     *,
     now: float | None = None,
     tolerance: float = 300,
-) -> None:
-    """Raise WebhookVerificationError unless the headers carry a valid, fresh signature of body."""
+) -> tuple[str, int]:
+    """(webhook-id, timestamp) of a delivery whose headers carry a valid, fresh signature of
+    `body`; WebhookVerificationError otherwise."""
     lowered = {name.lower(): value for name, value in headers.items()}
     for name in ("webhook-id", "webhook-timestamp", "webhook-signature"):
         if not lowered.get(name):
-            raise WebhookVerificationError(f"missing {name} header")
+            raise WebhookVerificationError(f"missing {name} header", "unsigned")
     msg_id = lowered["webhook-id"]
     try:
         timestamp = int(lowered["webhook-timestamp"])
     except ValueError:
-        raise WebhookVerificationError("webhook-timestamp is not an integer") from None
+        raise WebhookVerificationError(
+            "webhook-timestamp is not an integer", "bad_timestamp"
+        ) from None
     current = time.time() if now is None else now
     if abs(current - timestamp) > tolerance:
         raise WebhookVerificationError(
             f"webhook-timestamp is {current - timestamp:+.0f} s away from now "
-            f"(more than {tolerance:g} s)"
+            f"(more than {tolerance:g} s)",
+            "stale_timestamp",
         )
     expected = sign(secret, msg_id, timestamp, body).encode()
     for candidate in lowered["webhook-signature"].split():
         if hmac.compare_digest(candidate.encode(), expected):
-            return
-    raise WebhookVerificationError("no webhook-signature matches the body")
+            return msg_id, timestamp
+    raise WebhookVerificationError("no webhook-signature matches the body", "bad_signature")

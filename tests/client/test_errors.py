@@ -10,7 +10,8 @@ import pytest
 
 from kling_expand_plugin.kling import errors
 from kling_expand_plugin.kling.client import RetryPolicy
-from kling_expand_plugin.kling.models import Task, TaskStatus
+from kling_expand_plugin.kling.models import TaskStatus
+from kling_expand_plugin.kling.wire import task_from_json
 
 from .scripted import Answer, envelope, scripted_server, sequence, task_json
 
@@ -147,7 +148,7 @@ def test_attempts_bound_the_retries(make_client):
 
 
 def test_failed_task_error_carries_the_reason():
-    task = Task.from_json(task_json(status="failed", msg="Image pixel is invalid"))
+    task = task_from_json(task_json(status="failed", msg="Image pixel is invalid"))
     error = errors.TaskFailedError(task)
     assert error.task_status_msg == "Image pixel is invalid"
     assert "Image pixel is invalid" in str(error)
@@ -161,7 +162,7 @@ def test_failed_task_error_carries_the_reason():
         errors.TransportError("reset", maybe_sent=False),
         errors.ProtocolError("garbled", http_status=200, retryable=True),
         errors.DownloadError("cut", retryable=True),
-        errors.TaskFailedError(Task.from_json(task_json(status="failed", msg="no"))),
+        errors.TaskFailedError(task_from_json(task_json(status="failed", msg="no"))),
         errors.WaitTimeout("t1", 5.0),
     ],
 )

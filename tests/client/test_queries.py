@@ -8,6 +8,7 @@ from kling_expand_plugin.imaging.geometry import Ratios
 from kling_expand_plugin.kling.client import ExpandRequest
 from kling_expand_plugin.kling.errors import NotFoundError, ProtocolError
 from kling_expand_plugin.kling.models import Task, TaskStatus
+from kling_expand_plugin.kling.wire import task_from_json
 
 from .scripted import Seen, envelope, scripted_server, sequence, task_json
 
@@ -27,7 +28,7 @@ def test_get_and_get_by_external_id_on_the_local_server(local_server, make_clien
     (task,) = create_some(client, image_b64, 1)
     assert client.get(task.task_id).task_id == task.task_id
     assert client.get_by_external_id(task.external_task_id).task_id == task.task_id
-    assert client._external_id_form == "path"
+    assert client._expansion._external_id_form == "path"
     with pytest.raises(NotFoundError) as caught:
         client.get("no-such-task")
     assert caught.value.code == 1203
@@ -92,7 +93,7 @@ def test_malformed_task_is_a_protocol_error(make_client):
     with scripted_server(no_id) as (url, _), pytest.raises(ProtocolError):
         make_client(url).get("t1")
     with pytest.raises(ProtocolError):
-        Task.from_json({"task_id": "t", "task_status": "exploded"})
+        task_from_json({"task_id": "t", "task_status": "exploded"})
 
 
 def test_list_walks_every_page(local_server, make_client, image_b64):

@@ -9,6 +9,7 @@ import pytest
 from imgpipe import Item
 from kling_expand_plugin.batch.ledger import SqliteLedger, StoredBytes, open_ledger
 from kling_expand_plugin.kling.models import Task
+from kling_expand_plugin.kling.wire import task_from_json
 from kling_expand_plugin.localserver import LocalServer
 from kling_expand_plugin.outpaint.stage import OutpaintStage
 from tests.helpers import picture
@@ -19,7 +20,7 @@ ENDPOINT = "https://kling.example"
 
 
 def task(external_id: str, status: str = "processing", images: int = 0) -> Task:
-    return Task.from_json(
+    return task_from_json(
         {
             "task_id": f"task-{external_id}",
             "task_status": status,

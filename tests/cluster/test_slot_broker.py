@@ -100,7 +100,7 @@ def test_a_renewal_that_crosses_a_release_does_not_bring_the_lease_back():
 
 
 def test_the_broker_budget_is_a_ceiling_reserved_until_settled():
-    from kling_expand_plugin.batch.taskrunner import BudgetReached
+    from kling_expand_plugin.batch.budget import BudgetReached
 
     async def scenario():
         broker = SlotBroker(4, lease_seconds=30, budget=5)

@@ -10,9 +10,10 @@ from pathlib import Path
 
 from ..errors import OptionError
 from ..files import escaped, is_inside
-from ..item import Item, redact_url
+from ..item import Item
 from ..markers import hookimpl
 from ..registry import Register, Stage
+from ..urls import redact_url
 
 log = logging.getLogger(__name__)
 
