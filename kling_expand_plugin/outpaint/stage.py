@@ -25,6 +25,7 @@ from PIL import Image, ImageColor
 from imgpipe import ConfigError, Failure, Item, OptionError
 from imgpipe.encoding import EXTENSIONS
 from imgpipe.stages.save import ESTIMATED_BYTES
+from kling_expand_plugin.batch.budget import Budget, BudgetReached
 from kling_expand_plugin.batch.ledger import (
     LedgerError,
     is_database_url,
@@ -33,7 +34,7 @@ from kling_expand_plugin.batch.ledger import (
 )
 from kling_expand_plugin.batch.ledger import default_path as default_ledger_path
 from kling_expand_plugin.batch.slots import Slots
-from kling_expand_plugin.batch.taskrunner import Budget, BudgetReached, Outcome, TaskRunner
+from kling_expand_plugin.batch.taskrunner import Outcome, TaskRunner
 from kling_expand_plugin.batch.window import windowed_map
 from kling_expand_plugin.imaging.geometry import Box, Canvas, Ratios, canvas_for
 from kling_expand_plugin.imaging.output import (
