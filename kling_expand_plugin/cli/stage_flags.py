@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kling_expand_plugin.cli.common import UsageError, flag
-from kling_expand_plugin.outpaint.options import OPTIONS, Option
+from kling_expand_plugin.outpaint.options import OPTIONS, Option, base_type
 
 GROUPS = {
     "target": (
@@ -35,18 +35,18 @@ def add_stage_flags(
 def _add_flag(section: argparse._ArgumentGroup, option: Option) -> None:
     assert option.flag is not None
     names = [flag(option.name)] + ([option.flag.short] if option.flag.short else [])
-    help = option.help
-    if option.flag.text is None:
-        section.add_argument(*names, action="store_true", default=None, help=help)
+    kind = base_type(option.type)
+    if kind is bool:
+        section.add_argument(*names, action="store_true", default=None, help=option.help)
     elif option.choices:
-        section.add_argument(*names, choices=option.choices, help=help)
+        section.add_argument(*names, choices=option.choices, help=option.help)
     else:
         section.add_argument(
             *names,
-            type=from_text(option.flag.text),
+            type=from_text(option.flag.text or (kind if kind in (int, float) else str)),
             metavar=option.flag.metavar,
             default=option.flag.default,
-            help=help,
+            help=option.help,
         )
 
 

@@ -44,10 +44,10 @@ class Flag:
 
     `group` is "target" or "format" (taken by `expand` and `plan`) or "running" (`expand`
     only). `text` reads the flag's text into the option's value (ValueError with the rule);
-    None makes it a switch."""
+    None reads it as the option's type says (a bool option is a switch)."""
 
     group: str
-    text: Callable[[str], Any] | None = str
+    text: Callable[[str], Any] | None = None
     metavar: str | None = None
     short: str | None = None
     default: Any = None
@@ -80,7 +80,7 @@ class Option:
         """The value as the stage keeps it; OptionError naming this option and the rule."""
         if value is None and self.default is None:
             return None
-        kind = _not_none(self.type)
+        kind = base_type(self.type)
         try:
             if self.parse is not None:
                 return self.parse(value)
@@ -116,7 +116,7 @@ def _number(
     return value if whole else float(value)
 
 
-def _not_none(annotation: Any) -> Any:
+def base_type(annotation: Any) -> Any:
     """`int` for `int | None`; the annotation itself when it is not "one type or None"."""
     if isinstance(annotation, types.UnionType):
         kinds = [kind for kind in get_args(annotation) if kind is not type(None)]
@@ -225,7 +225,6 @@ def _anchor_text(text: str) -> str | list[float]:
 
 
 TARGET, FORMAT, RUNNING = Flag("target"), Flag("format"), Flag("running")
-SWITCH = Flag("running", text=None)
 
 OPTIONS: tuple[Option, ...] = (
     Option(
@@ -259,7 +258,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "max_passes", int, 1, "calls allowed per image (default 1)", low=1, high=10,
-        flag=Flag("target", text=int),
+        flag=TARGET,
     ),
     Option(
         "aspect_policy", str, "pad", "an input outside 1:2.5..2.5:1: pad (default), crop or reject",
@@ -268,17 +267,14 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "n", int, 1, "results per input, 1..9 (default 1)", low=limits.MIN_N, high=limits.MAX_N,
         refusal=f"is not a whole number from {limits.MIN_N} to {limits.MAX_N}",
-        flag=Flag("target", text=int, short="-n"),
+        flag=Flag("target", short="-n"),
     ),
     Option(
         "prompt", str, "", f"text prompt (at most {limits.MAX_PROMPT_CHARS} characters)",
         parse=_prompt, flag=RUNNING,
     ),
-    Option("watermark", bool, False, "also watermark", flag=SWITCH),
-    Option(
-        "concurrency", int, 4, "account task slots to use (default 4)",
-        flag=Flag("running", text=int),
-    ),
+    Option("watermark", bool, False, "also watermark", flag=RUNNING),
+    Option("concurrency", int, 4, "account task slots to use (default 4)", flag=RUNNING),
     Option(
         "order", str, "input",
         "input: results in input order; completed: as they finish (the command keeps input "
@@ -303,12 +299,12 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "retry_failed", bool, False, "create again the tasks that failed before (paid again)",
-        flag=SWITCH,
+        flag=RUNNING,
     ),
     Option(
         "recreate_lost", bool | None, None,
         "create again the tasks paid for whose results the server no longer has",
-        parse=bool, flag=SWITCH,  # None: true for the local server, whose tasks end with a run
+        flag=RUNNING,  # None: true for the local server, whose tasks end with a run
     ),
     Option(
         "callback", str | None, None, "receive Kling's callbacks here",
@@ -320,31 +316,29 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "timeout", float, 6 * 3600, "seconds to wait for one task (default 6 h)", low=1.0,
-        flag=Flag("running", text=float),
+        flag=RUNNING,
     ),
     Option(
         "blend", int, 8, "seam blend width in pixels (default 8)", low=0, high=256,
-        flag=Flag("running", text=int),
+        flag=RUNNING,
     ),
-    Option("colour_match", bool, False, "match generated colours", flag=SWITCH),
-    Option(
-        "animated", str, "first", "animated inputs", choices=ANIMATED_POLICIES, flag=TARGET,
-    ),
+    Option("colour_match", bool, False, "match generated colours", flag=RUNNING),
+    Option("animated", str, "first", "animated inputs", choices=ANIMATED_POLICIES, flag=TARGET),
     Option(
         "background", str | list[int], "white", "colour behind transparency (default white)",
         parse=_colour, flag=TARGET,
     ),
     Option(
         "max_pixels", int, DEFAULT_MAX_PIXELS, "refuse inputs with more pixels",
-        low=limits.MIN_SIDE**2, flag=Flag("target", text=int),
+        low=limits.MIN_SIDE**2, flag=TARGET,
     ),
     Option(
         "max_upload_pixels", int | None, None, "downscale uploads above this",
-        low=limits.MIN_SIDE**2, flag=Flag("target", text=int),
+        low=limits.MIN_SIDE**2, flag=TARGET,
     ),
     Option(
         "local_latency", float, 1.0, "seconds a local task takes (default 1)", low=0.0,
-        flag=Flag("running", text=float),
+        flag=RUNNING,
     ),
     Option(
         "format", str, "auto",
@@ -354,11 +348,11 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "quality", int, 92, "JPEG and WebP quality, 1..100 (default 92)", low=1, high=100,
-        flag=Flag("format", text=int),
+        flag=FORMAT,
     ),
     Option(
         "png_compression", int, 1, "PNG zlib level, 0..9 (default 1: fast)", low=0, high=9,
-        flag=Flag("format", text=int),
+        flag=FORMAT,
     ),
     Option(
         "slots", Slots | None, None,
@@ -370,20 +364,13 @@ OPTIONS: tuple[Option, ...] = (
 BY_NAME = {option.name: option for option in OPTIONS}
 
 
-def signature() -> inspect.Signature:
-    """The stage's keyword-only signature, made from `OPTIONS`."""
-    return inspect.Signature(
-        [
-            inspect.Parameter(
-                option.name, inspect.Parameter.KEYWORD_ONLY, default=option.default,
-                annotation=option.type,
-            )
-            for option in OPTIONS
-        ]
-    )  # fmt: skip
-
-
-SIGNATURE = signature()
+SIGNATURE = inspect.Signature(
+    [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=type_)
+        for name, type_, default in ((o.name, o.type, o.default) for o in OPTIONS)
+    ]
+)
+"""The stage's keyword-only signature, made from `OPTIONS`."""
 
 
 def check_options(given: Mapping[str, Any]) -> dict[str, Any]:
