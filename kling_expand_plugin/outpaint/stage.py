@@ -100,8 +100,6 @@ class OutpaintStage:
             max_upload_pixels=values["max_upload_pixels"],
         )
         self.n: int = values["n"]
-        self.prompt: str = values["prompt"]
-        self.watermark: bool = values["watermark"]
         self.concurrency: int = values["concurrency"]
         self.order: str = values["order"]
         self.on_error: str = values["on_error"]
@@ -132,15 +130,15 @@ class OutpaintStage:
         self.cpu_workers = _cores()
         _return_large_buffers()
         self._expand = Expansion(
-            self.target,
-            self.fit_options,
-            self.output,
-            self.n,
-            self.prompt,
-            self.watermark,
-            values["blend"],
-            values["colour_match"],
-            threading.BoundedSemaphore(self.cpu_workers),
+            target=self.target,
+            fit_options=self.fit_options,
+            output=self.output,
+            n=self.n,
+            prompt=values["prompt"],
+            watermark=values["watermark"],
+            blend=values["blend"],
+            colour_match=values["colour_match"],
+            cpu=threading.BoundedSemaphore(self.cpu_workers),
         )
 
     def __repr__(self) -> str:
