@@ -1,5 +1,5 @@
-"""What the sub-commands share: exit codes, errors, flag types, stage options from flags,
-inputs, logging and JSON output, the client of a server URL."""
+"""What the sub-commands share: exit codes, errors, inputs, logging and JSON output, the client
+of a server URL. The stage's flags are `stage_flags.py`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import argparse
 import json
 import logging
 import os
-import random
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,9 +16,7 @@ from urllib.parse import urlsplit
 
 from imgpipe import ConfigError, Item
 from imgpipe.stages.load import load
-from kling_expand_plugin.imaging.output import NAME_METADATA, OUTPUT_FORMATS, Namer
-from kling_expand_plugin.imaging.plan import ANCHORS, ASPECT_POLICIES, MAX_AREA
-from kling_expand_plugin.imaging.prepare import ANIMATED_POLICIES
+from kling_expand_plugin.imaging.output import NAME_METADATA, Namer
 from kling_expand_plugin.kling.auth import Credentials
 from kling_expand_plugin.kling.client import KlingClient
 from kling_expand_plugin.kling.errors import (
@@ -29,7 +26,6 @@ from kling_expand_plugin.kling.errors import (
     PermissionDeniedError,
     TransportError,
 )
-from kling_expand_plugin.localserver.faults import FAULTS
 from kling_expand_plugin.outpaint.api import url_name
 from kling_expand_plugin.outpaint.stage import CHECK_RETRY
 
@@ -134,101 +130,6 @@ def command(
     return parser
 
 
-def add_format_options(parser: argparse.ArgumentParser) -> None:
-    formats = parser.add_argument_group("format")
-    formats.add_argument(
-        "--format",
-        choices=OUTPUT_FORMATS,
-        help="results as png, jpeg or webp; auto (default) keeps the input's own format when "
-        "it is JPEG, PNG or WebP, else PNG",
-    )
-    formats.add_argument("--quality", type=int, help="JPEG and WebP quality, 1..100 (default 92)")
-    formats.add_argument(
-        "--png-compression", type=int, help="PNG zlib level, 0..9 (default 1: fast)"
-    )
-
-
-def add_target_options(parser: argparse.ArgumentParser) -> None:
-    target = parser.add_argument_group(
-        "target (one of --aspect, --size or --ratios)",
-        "Where the original sits is --anchor; a target beyond one call's limits takes up to "
-        "--max-passes calls.",
-    )
-    target.add_argument("--aspect", help='target aspect ratio: "16:9", "4/3", "16x9" or 1.78')
-    target.add_argument(
-        "--area",
-        type=area,
-        help='with --aspect: the canvas area in multiples of the original\'s, or "max"; '
-        "unset: the smallest canvas of that aspect",
-    )
-    target.add_argument("--size", metavar="WxH", help="target size in the original's pixels")
-    target.add_argument(
-        "--ratios", type=_ratios, metavar="UP,DOWN,LEFT,RIGHT", help="the four ratios as given"
-    )
-    target.add_argument(
-        "--anchor",
-        type=_anchor,
-        help=f"where the original sits: {', '.join(ANCHORS)}, or X,Y fractions (default center)",
-    )
-    target.add_argument("--max-passes", type=int, help="calls allowed per image (default 1)")
-    target.add_argument(
-        "--aspect-policy",
-        choices=ASPECT_POLICIES,
-        help="an input outside 1:2.5..2.5:1: pad (default), crop or reject",
-    )
-    target.add_argument("--n", "-n", type=int, help="results per input, 1..9 (default 1)")
-    target.add_argument("--animated", choices=ANIMATED_POLICIES, help="animated inputs")
-    target.add_argument("--background", help="colour behind transparency (default white)")
-    target.add_argument("--max-pixels", type=int, help="refuse inputs with more pixels")
-    target.add_argument("--max-upload-pixels", type=int, help="downscale uploads above this")
-
-
-def stage_options(args: argparse.Namespace, *, endpoint: bool) -> dict[str, Any]:
-    """The stage's options from the flags given; unset flags keep the stage's defaults."""
-    names = [
-        "aspect",
-        "area",
-        "size",
-        "ratios",
-        "anchor",
-        "max_passes",
-        "aspect_policy",
-        "n",
-        "animated",
-        "background",
-        "max_pixels",
-        "max_upload_pixels",
-        "format",
-        "quality",
-        "png_compression",
-    ]
-    if endpoint:
-        names += [
-            "endpoint",
-            "prompt",
-            "watermark",
-            "concurrency",
-            "budget",
-            "ledger",
-            "timeout",
-            "blend",
-            "colour_match",
-            "callback",
-            "callback_url",
-            "local_latency",
-            "retry_failed",
-            "recreate_lost",
-        ]
-    options = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-    if sum(name in options for name in ("aspect", "size", "ratios")) != 1:
-        raise UsageError("give one target: --aspect (with --area), --size or --ratios")
-    if "area" in options and "aspect" not in options:
-        raise UsageError("--area goes with --aspect")
-    if "n" in options and "concurrency" not in options:
-        options["concurrency"] = max(4, options["n"])  # room for one task, whatever n is
-    return options
-
-
 def input_items(inputs: list[str], exclude: Path | None = None) -> list[Item]:
     """Items for the files, folders, globs and URLs named (but none from `exclude`, the output
     folder, so results are never fed back in), each with its result name. Every file is
@@ -312,70 +213,6 @@ def check_reachable(endpoint: str) -> None:
     """Before a paid batch: one free query, so that a bad URL or key stops it at once."""
     with client_for(endpoint) as client, reaching(endpoint):
         next(iter(client.list(page_size=1)), None)
-
-
-def area(text: str) -> float | str:
-    if text == MAX_AREA:
-        return text
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number or {MAX_AREA!r}") from None
-
-
-def _ratios(text: str) -> list[float]:
-    try:
-        values = [float(part) for part in text.split(",")]
-    except ValueError:
-        values = []
-    if len(values) != 4:
-        raise argparse.ArgumentTypeError(f"{text!r} is not UP,DOWN,LEFT,RIGHT such as 0,0,0.5,0.5")
-    return values
-
-
-def _anchor(text: str) -> str | list[float]:
-    if "," not in text:
-        return text
-    try:
-        return [float(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a name or X,Y fractions") from None
-
-
-def latency(text: str) -> float | Callable[[random.Random], float]:
-    low, sep, high = text.partition("-")
-    try:
-        if not sep:
-            return _non_negative(float(text))
-        low_value, high_value = _non_negative(float(low)), _non_negative(float(high))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"latency {text!r} is not S or MIN-MAX seconds") from None
-    return lambda rng: rng.uniform(low_value, high_value)
-
-
-def connections(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of connections >= 1")
-    return int(text)
-
-
-def _non_negative(value: float) -> float:
-    if not value >= 0:
-        raise ValueError(value)
-    return value
-
-
-def fault(text: str) -> tuple[str, float]:
-    name, sep, rate = text.partition("=")
-    if not sep or name not in FAULTS:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=RATE, NAME one of the faults")
-    try:
-        value = float(rate)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: RATE must be a number in 0..1") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: RATE must be in 0..1")
-    return name, value
 
 
 _handler: logging.Handler | None = None

@@ -26,20 +26,17 @@ from kling_expand_plugin.cli.common import (
     EXIT_OK,
     LOG_FORMAT,
     UsageError,
-    add_format_options,
-    add_target_options,
     check_reachable,
     command,
     count,
     input_items,
     logging_through,
     print_json,
-    stage_options,
     units,
 )
+from kling_expand_plugin.cli.stage_flags import add_stage_flags, stage_options
 from kling_expand_plugin.imaging.output import NAME_METADATA, megabytes, result_key
 from kling_expand_plugin.imaging.prepare import FitError, prepare
-from kling_expand_plugin.kling.client import DEFAULT_BASE_URL
 from kling_expand_plugin.outpaint.api import by_source, failure_of
 from kling_expand_plugin.outpaint.report import ContactSheet
 from kling_expand_plugin.outpaint.stage import OutpaintStage
@@ -75,46 +72,9 @@ def add_expand(
     )
     expand.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders, globs, URLs")
     expand.add_argument("--out", "-o", required=True, metavar="DIR", help="where to write")
-    add_target_options(expand)
-    add_format_options(expand)
-    run = expand.add_argument_group("running")
-    run.add_argument(
-        "--endpoint",
-        default="local",
-        help='"local" (default: the embedded local server, free) or a Kling-compatible URL '
-        f"such as {DEFAULT_BASE_URL} (credentials from KLING_* variables)",
-    )
-    run.add_argument("--prompt", help="text prompt (at most 2500 characters)")
-    run.add_argument("--watermark", action="store_true", default=None, help="also watermark")
-    run.add_argument("--concurrency", type=int, help="account task slots to use (default 4)")
-    run.add_argument("--budget", type=float, help="stop creating tasks past this many units")
-    run.add_argument(
-        "--ledger",
-        help='"auto" (the user data folder\'s SQLite file; temporary for local), a SQLite '
-        "file, or a postgresql:// URL",
-    )
-    run.add_argument("--timeout", type=float, help="seconds to wait for one task (default 6 h)")
-    run.add_argument(
-        "--retry-failed",
-        action="store_true",
-        default=None,
-        help="create again the tasks that failed before (paid again)",
-    )
-    run.add_argument(
-        "--recreate-lost",
-        action="store_true",
-        default=None,
-        help="create again the tasks paid for whose results the server no longer has",
-    )
-    run.add_argument("--fail-fast", action="store_true", help="stop at the first failed input")
-    run.add_argument("--blend", type=int, help="seam blend width in pixels (default 8)")
-    run.add_argument(
-        "--colour-match", action="store_true", default=None, help="match generated colours"
-    )
-    run.add_argument("--callback", metavar="HOST:PORT", help="receive Kling's callbacks here")
-    run.add_argument("--callback-url", metavar="URL", help="the public URL of --callback")
-    run.add_argument("--local-latency", type=float, help="seconds a local task takes (default 1)")
-    run.add_argument("--json", action="store_true", help="print one JSON document at the end")
+    running = add_stage_flags(expand, ("target", "format", "running"))["running"]
+    running.add_argument("--fail-fast", action="store_true", help="stop at the first failed input")
+    running.add_argument("--json", action="store_true", help="print one JSON document at the end")
     output = expand.add_argument_group(
         "output",
         "Each result is DIR/<name>-<variant>.<ext>, <name> the input's name without its "
@@ -134,7 +94,7 @@ def add_expand(
 def expand_command(args: argparse.Namespace) -> int:
     """Run the stage over the inputs, write the results and the report."""
     on_error = "raise" if args.fail_fast else "passthrough"
-    stage = OutpaintStage(**stage_options(args, endpoint=True), on_error=on_error)
+    stage = OutpaintStage(**stage_options(args, ("target", "format", "running")), on_error=on_error)
     out = Path(args.out)
     items = input_items(args.inputs, exclude=out)
     if stage.endpoint != "local":

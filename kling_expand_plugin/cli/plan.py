@@ -13,21 +13,19 @@ from kling_expand_plugin.cli.common import (
     EXIT_OK,
     TYPICAL_TASK_SECONDS,
     UsageError,
-    add_format_options,
-    add_target_options,
-    area,
     command,
     count,
     input_items,
     log,
     print_json,
-    stage_options,
 )
+from kling_expand_plugin.cli.stage_flags import add_stage_flags, from_text, stage_options
 from kling_expand_plugin.imaging.geometry import canvas_for
 from kling_expand_plugin.imaging.output import estimated_bytes, megabytes
 from kling_expand_plugin.imaging.plan import MAX_AREA, largest_size, parse_aspect, ratios_for_aspect
 from kling_expand_plugin.imaging.prepare import FitError, prepare
 from kling_expand_plugin.imaging.stitch import canvas_at_original, content_of
+from kling_expand_plugin.outpaint.options import area_text
 from kling_expand_plugin.outpaint.report import format_ratios
 from kling_expand_plugin.outpaint.stage import OutpaintStage
 
@@ -54,8 +52,7 @@ def add_plan(
         ),
     )
     plan.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders, globs, URLs")
-    add_target_options(plan)
-    add_format_options(plan)
+    add_stage_flags(plan, ("target", "format"))
     plan.add_argument(
         "--concurrency", type=int, help="account task slots, for the time estimate (default 4)"
     )
@@ -72,7 +69,7 @@ def add_plan(
 
 def plan_command(args: argparse.Namespace) -> int:
     """Print what `expand` would do with each input."""
-    stage = OutpaintStage(**stage_options(args, endpoint=False), endpoint="local")
+    stage = OutpaintStage(**stage_options(args, ("target", "format")), endpoint="local")
     plans = []
     for item in input_items(args.inputs):
         try:
@@ -220,7 +217,7 @@ def add_ratios(
     )
     ratios.add_argument(
         "--area",
-        type=area,
+        type=from_text(area_text),
         required=True,
         help='canvas area, 1..3 originals, or "max": the largest canvas one call makes',
     )

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
 
 from kling_expand_plugin.cli.common import (
@@ -13,9 +15,6 @@ from kling_expand_plugin.cli.common import (
     EXIT_OK,
     UsageError,
     command,
-    connections,
-    fault,
-    latency,
 )
 from kling_expand_plugin.imaging.fill import METHODS
 from kling_expand_plugin.localserver import LocalServer
@@ -147,3 +146,39 @@ def serve_command(args: argparse.Namespace) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return EXIT_OK
+
+
+def latency(text: str) -> float | Callable[[random.Random], float]:
+    low, sep, high = text.partition("-")
+    try:
+        if not sep:
+            return _non_negative(float(text))
+        low_value, high_value = _non_negative(float(low)), _non_negative(float(high))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"latency {text!r} is not S or MIN-MAX seconds") from None
+    return lambda rng: rng.uniform(low_value, high_value)
+
+
+def connections(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of connections >= 1")
+    return int(text)
+
+
+def _non_negative(value: float) -> float:
+    if not value >= 0:
+        raise ValueError(value)
+    return value
+
+
+def fault(text: str) -> tuple[str, float]:
+    name, sep, rate = text.partition("=")
+    if not sep or name not in FAULTS:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=RATE, NAME one of the faults")
+    try:
+        value = float(rate)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: RATE must be a number in 0..1") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: RATE must be in 0..1")
+    return name, value

@@ -1,8 +1,9 @@
 """The Python API: expand one image, or stream a batch, without writing a pipeline.
 
-Both functions build an `OutpaintStage` from their keyword arguments (every stage option is
-accepted, see the README) and default to the local server, so nothing is paid for unless an
-endpoint URL is named.
+Both functions build an `OutpaintStage` from their keyword arguments and default to the local
+server, so nothing is paid for unless an endpoint URL is named. Their keyword parameters are
+written out, so that an editor and mypy see them; tests/test_options.py holds them to the
+stage's option schema (`options.OPTIONS`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from urllib.parse import urlsplit
 from PIL import Image
 
 from imgpipe import Item
+from kling_expand_plugin.batch.budget import Budget
+from kling_expand_plugin.batch.slots import Slots
+from kling_expand_plugin.imaging.prepare import DEFAULT_MAX_PIXELS
 from kling_expand_plugin.outpaint.stage import OutpaintStage
 
 Source = str | os.PathLike[str] | bytes | Image.Image
@@ -45,70 +49,95 @@ class Expanded(NamedTuple):
 def expand(
     image: Source,
     *,
+    endpoint: str = "local",
     aspect: str | float | None = None,
     area: float | str | None = None,
     size: str | list[int] | None = None,
     ratios: list[float] | dict[str, float] | None = None,
     anchor: str | list[float] = "center",
+    max_passes: int = 1,
+    aspect_policy: str = "pad",
     n: int = 1,
     prompt: str = "",
-    endpoint: str = "local",
-    **options: Any,
+    watermark: bool = False,
+    concurrency: int = 4,
+    order: str = "input",
+    ledger: str = "auto",
+    budget: float | Budget | None = None,
+    retry_failed: bool = False,
+    recreate_lost: bool | None = None,
+    callback: str | None = None,
+    callback_url: str | None = None,
+    timeout: float = 6 * 3600,
+    blend: int = 8,
+    colour_match: bool = False,
+    animated: str = "first",
+    background: str | list[int] = "white",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_upload_pixels: int | None = None,
+    local_latency: float = 1.0,
+    format: str = "auto",
+    quality: int = 92,
+    png_compression: int = 1,
+    slots: Slots | None = None,
 ) -> list[Image.Image]:
-    """The `n` expanded versions of one image; raises the error that stopped it, if any."""
-    options.pop("on_error", None)
-    [result] = expand_many(
-        [image],
-        aspect=aspect,
-        area=area,
-        size=size,
-        ratios=ratios,
-        anchor=anchor,
-        n=n,
-        prompt=prompt,
-        endpoint=endpoint,
-        on_error="raise",
-        **options,
-    )
+    """The `n` expanded versions of one image; raises the error that stopped it, if any.
+
+    The keyword options are the stage's (`options.OPTIONS`, the README's table).
+    """
+    options = {name: value for name, value in locals().items() if name != "image"}
+    [result] = expand_many([image], on_error="raise", **options)
     return result.images
 
 
 def expand_many(
     images: Iterable[Source] | Mapping[str, Source],
     *,
+    endpoint: str = "local",
     aspect: str | float | None = None,
     area: float | str | None = None,
     size: str | list[int] | None = None,
     ratios: list[float] | dict[str, float] | None = None,
     anchor: str | list[float] = "center",
+    max_passes: int = 1,
+    aspect_policy: str = "pad",
     n: int = 1,
     prompt: str = "",
-    endpoint: str = "local",
+    watermark: bool = False,
+    concurrency: int = 4,
+    order: str = "input",
     on_error: str = "passthrough",
-    **options: Any,
+    ledger: str = "auto",
+    budget: float | Budget | None = None,
+    retry_failed: bool = False,
+    recreate_lost: bool | None = None,
+    callback: str | None = None,
+    callback_url: str | None = None,
+    timeout: float = 6 * 3600,
+    blend: int = 8,
+    colour_match: bool = False,
+    animated: str = "first",
+    background: str | list[int] = "white",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_upload_pixels: int | None = None,
+    local_latency: float = 1.0,
+    format: str = "auto",
+    quality: int = 92,
+    png_compression: int = 1,
+    slots: Slots | None = None,
 ) -> Iterator[Expanded]:
     """Expand a batch, yielding one `Expanded` per input, in input order, as each finishes.
 
     `images` is an iterable of sources (keyed by file name, URL name or position) or a mapping
     of key to source; it is read lazily. A failed input is yielded with its `error` set
     (`on_error="passthrough"`, the default), or stops the batch (`on_error="raise"`).
+    The other keyword options are the stage's (`options.OPTIONS`, the README's table).
     The stage is built, and its options checked, before the first input is read.
     """
+    options = {name: value for name, value in locals().items() if name != "images"}
     if on_error not in ("passthrough", "raise"):
         raise ValueError(f'on_error must be "passthrough" or "raise", not {on_error!r}')
-    stage = OutpaintStage(
-        aspect=aspect,
-        area=area,
-        size=size,
-        ratios=ratios,
-        anchor=anchor,
-        n=n,
-        prompt=prompt,
-        endpoint=endpoint,
-        on_error=on_error,
-        **options,
-    )
-    return _expanded(stage, _items(images))
+    return _expanded(OutpaintStage(**options), _items(images))
 
 
 def _expanded(stage: OutpaintStage, items: Iterable[Item]) -> Iterator[Expanded]:

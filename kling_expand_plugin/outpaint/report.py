@@ -11,27 +11,24 @@ from __future__ import annotations
 import html
 import io
 import os
-import textwrap
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from imgpipe import Item
+from imgpipe.files import write_atomically
 from kling_expand_plugin.imaging.prepare import FitError, decode
+from kling_expand_plugin.outpaint.report_png import THUMB_SIZE, draw_sheet, printable
 
-THUMB_SIZE = (256, 160)
 FILES = "report-files"
 MAX_SHEET_ROWS = 100
 """The PNG shows at most this many inputs (the HTML shows all); a note says how many more."""
 
 OUTLINE = "#ff00c8"
-BOX_COLOUR = (255, 0, 200)
-FAILED_COLOUR = (190, 20, 20)
-MARGIN, GAP, LINE = 16, 12, 16
 
 
 @dataclass
@@ -60,12 +57,20 @@ class Row:
 class ContactSheet:
     """Collects the inputs of a batch as they finish; `write` makes report.html and report.png."""
 
-    def __init__(self, folder: Path, *, title: str, settings: dict[str, str]) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        title: str,
+        settings: dict[str, str],
+        max_sheet_rows: int = MAX_SHEET_ROWS,
+    ) -> None:
         self.folder = Path(folder)
         self.files = self.folder / FILES
         self.files.mkdir(parents=True, exist_ok=True)
         self.title = title
         self.settings = settings
+        self.max_sheet_rows = max_sheet_rows
         self.rows: list[Row] = []
 
     def add(self, key: str, outputs: list[tuple[Item, Path | None]], source: Item | None) -> Row:
@@ -122,11 +127,13 @@ class ContactSheet:
         """Write report.html and report.png into the folder; their paths."""
         html_path = self.folder / "report.html"
         png_path = self.folder / "report.png"
-        sheet = self._sheet(summary)
-        _replace(html_path, self._html(summary).encode("utf-8"))
+        sheet = draw_sheet(
+            self.title, self.settings, _totals(summary), self.rows, self.max_sheet_rows
+        )
+        write_atomically(html_path, self._html(summary).encode("utf-8"), overwrite=True)
         buffer = io.BytesIO()
         sheet.save(buffer, "PNG")
-        _replace(png_path, buffer.getvalue())
+        write_atomically(png_path, buffer.getvalue(), overwrite=True)
         return html_path, png_path
 
     # -- thumbnails ----------------------------------------------------------------------------
@@ -212,86 +219,6 @@ class ContactSheet:
         # fsencode: a file name that is not UTF-8 is linked by its bytes, as the disk has it
         return quote(os.fsencode(Path(os.path.relpath(path, self.folder)).as_posix()))
 
-    # -- PNG -----------------------------------------------------------------------------------
-
-    def _sheet(self, summary: dict[str, Any]) -> Image.Image:
-        """The contact sheet as one image, drawn with Pillow (no browser needed)."""
-        font = _font(13)
-        bold = _font(15)
-        shown = self.rows[:MAX_SHEET_ROWS]  # read here, so that tests can lower it
-        columns = max([1 + len(row.results) for row in shown] or [1])
-        width = max(2 * MARGIN + columns * (THUMB_SIZE[0] + GAP), 720)
-        chars = max((width - 2 * MARGIN) // 7, 40)
-        header = [
-            self.title,
-            *textwrap.wrap(" · ".join(f"{k} {v}" for k, v in self.settings.items()), chars),
-            _totals(summary),
-            "outlined: the original; outside the outline: generated",
-        ]
-        if len(self.rows) > len(shown):
-            header.append(f"showing {len(shown)} of {len(self.rows)} inputs; see report.html")
-        layouts = [_row_lines(row, chars) for row in shown]
-        row_height = THUMB_SIZE[1] + LINE + GAP
-        height = MARGIN + (len(header) + 1) * LINE
-        height += sum(row_height + (1 + len(lines)) * LINE + GAP for lines in layouts) + MARGIN
-        sheet = Image.new("RGB", (width, height), "white")
-        draw = ImageDraw.Draw(sheet)
-        y = MARGIN
-        for number, text in enumerate(header):
-            draw.text((MARGIN, y), text, fill="black", font=bold if number == 0 else font)
-            y += LINE
-        y += LINE
-        for row, lines in zip(shown, layouts, strict=True):
-            draw.line((MARGIN, y - GAP // 2, width - MARGIN, y - GAP // 2), fill=(210, 210, 210))
-            draw.text((MARGIN, y), printable(row.key), fill="black", font=bold)
-            y += LINE + 4
-            pictures = ([row.original] if row.original else [None]) + list(row.results)
-            for column, picture in enumerate(pictures):
-                x = MARGIN + column * (THUMB_SIZE[0] + GAP)
-                _draw_picture(sheet, draw, picture, x, y, font)
-            y += row_height
-            for line in lines:
-                colour = FAILED_COLOUR if row.error else (60, 60, 60)
-                draw.text((MARGIN, y), line, fill=colour, font=font)
-                y += LINE
-            y += GAP
-        return sheet
-
-
-def _draw_picture(
-    sheet: Image.Image,
-    draw: ImageDraw.ImageDraw,
-    picture: Picture | None,
-    x: int,
-    y: int,
-    font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
-) -> None:
-    if picture is None:
-        draw.rectangle((x, y, x + THUMB_SIZE[0], y + THUMB_SIZE[1]), outline=(180, 180, 180))
-        draw.text((x + 8, y + 8), "no preview", fill=(120, 120, 120), font=font)
-        return
-    with Image.open(picture.thumb) as thumb:
-        thumb.load()
-        sheet.paste(thumb, (x, y))
-        if picture.box:
-            scale_x = thumb.width / picture.size[0]
-            scale_y = thumb.height / picture.size[1]
-            left, top, right, bottom = picture.box
-            outline = (
-                x + round(left * scale_x),
-                y + round(top * scale_y),
-                x + round(right * scale_x) - 1,
-                y + round(bottom * scale_y) - 1,
-            )
-            draw.rectangle(outline, outline=BOX_COLOUR, width=2)
-        draw.text((x, y + thumb.height + 2), picture.caption, fill="black", font=font)
-
-
-def _row_lines(row: Row, chars: int) -> list[str]:
-    if row.error:
-        return textwrap.wrap(printable(f"failed: {row.error}"), chars)[:4]
-    return [part for line in row.details for part in textwrap.wrap(printable(line), chars)]
-
 
 def _details(meta: dict[str, Any]) -> list[str]:
     """The lines under a row: the ratios of each call, the units, what was done to fit it."""
@@ -327,17 +254,6 @@ def _totals(summary: dict[str, Any]) -> str:
     )
 
 
-def _replace(path: Path, data: bytes) -> None:
-    """Write `path` whole or not at all: an interrupt leaves the previous report, not half."""
-    temporary = path.with_name(f".{path.name}.part")
-    temporary.write_bytes(data)
-    temporary.replace(path)
-
-
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    return ImageFont.load_default(size)
-
-
 def _open_small(data: bytes) -> tuple[Image.Image, tuple[int, int]]:
     """The image, decoded no larger than a thumbnail needs (a JPEG at 1/2 to 1/8 of its
     size, at a fraction of the cost), and its full size."""
@@ -356,11 +272,6 @@ def _open(data: bytes) -> Image.Image:
 
 def _e(text: str) -> str:
     return html.escape(printable(text), quote=True)
-
-
-def printable(text: str) -> str:
-    """`text` as valid Unicode: bytes of a file name that were not UTF-8 shown as U+FFFD."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 _PAGE = """<!doctype html>

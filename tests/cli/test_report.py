@@ -13,7 +13,6 @@ import pytest
 from PIL import Image
 
 from imgpipe import Item
-from kling_expand_plugin.outpaint import report
 from kling_expand_plugin.outpaint.report import ContactSheet
 
 from .conftest import noisy_image
@@ -68,12 +67,11 @@ def test_a_sheet_shows_results_failures_and_unchanged_inputs(tmp_path):
     assert (np.all(pixels == (190, 20, 20), axis=-1).sum()) > 0  # the failure, in red
 
 
-def test_the_png_sheet_stops_at_its_row_limit(tmp_path, monkeypatch):
-    monkeypatch.setattr(report, "MAX_SHEET_ROWS", 3)
+def test_the_png_sheet_stops_at_its_row_limit(tmp_path):
     item = _result("x.png", 0, size=(320, 180), box=(80, 45, 240, 135))
     heights = []
     for rows in (3, 8):
-        sheet = ContactSheet(tmp_path / str(rows), title="big", settings={})
+        sheet = ContactSheet(tmp_path / str(rows), title="big", settings={}, max_sheet_rows=3)
         for number in range(rows):
             sheet.add(f"x{number}.png", [(item, tmp_path / "x-0.png")], None)
         html_path, png_path = sheet.write({})

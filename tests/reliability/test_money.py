@@ -35,7 +35,8 @@ from kling_expand_plugin.kling.client import ExpandRequest, KlingClient
 from kling_expand_plugin.kling.errors import DownloadError
 from kling_expand_plugin.localserver import LocalServer
 from kling_expand_plugin.outpaint.api import by_source, expand_many
-from kling_expand_plugin.outpaint.stage import OutpaintStage, _next_input, _result_bytes
+from kling_expand_plugin.outpaint.expansion import _next_input, _result_bytes
+from kling_expand_plugin.outpaint.stage import OutpaintStage
 from tests.helpers import free_port, picture
 
 from .conftest import ACCESS_KEY, KEYS, SECRET_KEY, local_server
