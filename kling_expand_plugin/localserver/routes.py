@@ -38,23 +38,10 @@ _HOST_HEADER = re.compile(r"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](
 class KlingHandler(EnvelopeHandler):
     """Answers one connection's requests for the LocalServer at `self.app`."""
 
-    def do_GET(self) -> None:
-        self._dispatch("GET")
+    def _any_method(self) -> None:
+        self._dispatch(self.command)
 
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def do_PUT(self) -> None:
-        self._dispatch("PUT")
-
-    def do_PATCH(self) -> None:
-        self._dispatch("PATCH")
-
-    def do_DELETE(self) -> None:
-        self._dispatch("DELETE")
-
-    def do_OPTIONS(self) -> None:
-        self._dispatch("OPTIONS")
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _any_method
 
     def do_HEAD(self) -> None:
         self.close_connection = True
