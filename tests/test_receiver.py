@@ -56,25 +56,10 @@ def make_receiver() -> Iterator[Callable[..., CallbackReceiver]]:
 
 
 @pytest.fixture
-def make_server() -> Iterator[Callable[..., LocalServer]]:
-    """Started LocalServers with the test keys, 0.05 s tasks and the fast fill."""
-    servers: list[LocalServer] = []
-
-    def make(**options: Any) -> LocalServer:
-        settings: dict[str, Any] = {
-            "access_key": ACCESS_KEY,
-            "secret_key": SECRET_KEY,
-            "latency": 0.05,
-            "fill_method": "fast",
-            "callback_timeout": 2.0,
-        }
-        settings.update(options)
-        servers.append(LocalServer("127.0.0.1", 0, **settings).start())
-        return servers[-1]
-
-    yield make
-    for server in servers:
-        server.stop()
+def make_server(start_server: Callable[..., LocalServer]) -> Callable[..., LocalServer]:
+    """Started LocalServers with the client's keys, 0.05 s tasks and the fast fill."""
+    keys = {"access_key": ACCESS_KEY, "secret_key": SECRET_KEY, "callback_timeout": 2.0}
+    return lambda **options: start_server(**{**keys, **options})
 
 
 @pytest.fixture
