@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
 import jwt
 import pytest
+import requests
 
 from .conftest import ACCESS_KEY, EXPAND, SECRET_KEY, auth_headers, make_token
 
@@ -97,3 +99,16 @@ def test_repr_hides_the_secret(start_server):
     server = start_server()
     assert SECRET_KEY not in repr(server)
     assert SECRET_KEY not in repr(server.auth)
+
+
+def test_a_server_with_its_own_keys_opens_only_to_the_credentials_it_hands_back():
+    from kling_expand_plugin.localserver import with_own_keys
+
+    (first, credentials), (second, _) = with_own_keys(), with_own_keys()
+    with first, second, requests.Session() as session:
+        listing = f"{EXPAND}?pageNum=1&pageSize=1"
+        token = {"Authorization": f"Bearer {credentials.bearer_token()}"}
+        assert session.get(first.url + listing, headers=token).json()["code"] == 0
+        refused = session.get(second.url + listing, headers=token)
+        assert (refused.status_code, refused.json()["code"]) == (401, 1000)  # each its own keys
+    assert not re.search(r"[0-9a-f]{32}", repr(first) + repr(credentials))  # the secret key
