@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 
@@ -25,6 +26,16 @@ def picture(number: int, size: tuple[int, int] = (320, 240)) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def noisy_image(width: int, height: int, seed: int) -> Image.Image:
+    """Smooth colours with some noise: cheap to fill, distinct per seed."""
+    rng = np.random.default_rng(seed)
+    x = np.linspace(0, 1, width)[None, :, None]
+    y = np.linspace(0, 1, height)[:, None, None]
+    base = rng.uniform(0, 255, size=3) * x + rng.uniform(0, 255, size=3) * (1 - y)
+    noise = rng.normal(0, 12, size=(height, width, 3))
+    return Image.fromarray(np.clip(base / 2 + 60 + noise, 0, 255).astype(np.uint8), "RGB")
 
 
 def free_port() -> int:

@@ -11,11 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from kling_expand_plugin.localserver import LocalServer
+from tests.helpers import noisy_image
 
 ACCESS_KEY = "AK-cli-test-0123456789"
 SECRET_KEY = "SK-cli-test-secret-0123456789abcdef"
@@ -44,16 +43,6 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) 
         timeout=timeout,
     )
     return Ran(process.returncode, process.stdout, process.stderr)
-
-
-def noisy_image(width: int, height: int, seed: int) -> Image.Image:
-    """Smooth colours with some noise: cheap to fill, distinct per seed."""
-    rng = np.random.default_rng(seed)
-    x = np.linspace(0, 1, width)[None, :, None]
-    y = np.linspace(0, 1, height)[:, None, None]
-    base = rng.uniform(0, 255, size=3) * x + rng.uniform(0, 255, size=3) * (1 - y)
-    noise = rng.normal(0, 12, size=(height, width, 3))
-    return Image.fromarray(np.clip(base / 2 + 60 + noise, 0, 255).astype(np.uint8), "RGB")
 
 
 @pytest.fixture
