@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,12 +57,9 @@ def photos(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def server() -> Iterator[LocalServer]:
+def server(start_server: Callable[..., LocalServer]) -> LocalServer:
     """A local Kling server with keys, fast tasks and the fast fill."""
-    with LocalServer(
-        access_key=ACCESS_KEY, secret_key=SECRET_KEY, latency=0.05, fill_method="fast"
-    ) as local:
-        yield local
+    return start_server(access_key=ACCESS_KEY, secret_key=SECRET_KEY)
 
 
 @pytest.fixture

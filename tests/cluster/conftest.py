@@ -18,12 +18,10 @@ from typing import NoReturn
 
 import pytest
 
+from tests.servers import KEYS
+
 POSTGRES_DSN_ENV = "KLING_TEST_POSTGRES_DSN"
 POSTGRES_BIN_ENV = "KLING_TEST_POSTGRES_BIN"
-KEYS = {
-    "KLING_ACCESS_KEY": "cluster-access-key",
-    "KLING_SECRET_KEY": "cluster-secret-key-0123456789abcdef",
-}
 
 
 def unavailable(reason: str) -> NoReturn:
