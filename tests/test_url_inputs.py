@@ -13,10 +13,9 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -27,6 +26,7 @@ from imgpipe import FetchError, Item, redact_url
 from imgpipe.stages.load import load
 from kling_expand_plugin.imaging.plan import Target
 from kling_expand_plugin.imaging.prepare import FitError, prepare
+from tests.helpers import Loopback
 
 pytestmark = pytest.mark.slow  # servers that drip and never stop; deadlines of a second
 
@@ -130,12 +130,8 @@ class Hostile(BaseHTTPRequestHandler):
 @pytest.fixture
 def server() -> Iterator[str]:
     Hostile.hits = collections.Counter()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with Loopback(Hostile) as httpd:
+        yield httpd.url
 
 
 def refusal(url: str) -> tuple[FitError, float]:

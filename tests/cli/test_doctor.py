@@ -5,15 +5,15 @@ from __future__ import annotations
 import email.utils
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from kling_expand_plugin.batch.ledger import SqliteLedger
 from kling_expand_plugin.kling.models import Task, TaskStatus
+from tests.helpers import Loopback
 
 from .conftest import ACCESS_KEY, run_cli
 
@@ -95,11 +95,8 @@ def skewed_server() -> Iterator[str]:
         def log_message(self, *args: object) -> None:
             pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with Loopback(Handler) as server:
+        yield server.url
 
 
 def test_a_skewed_clock_fails(skewed_server, keys, tmp_path):
