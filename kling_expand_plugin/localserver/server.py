@@ -13,6 +13,10 @@ Resources are bounded: at most `max_connections` connections are served at once 
 own thread; one more waits up to `connection_wait` seconds for a free one, then is answered
 5001, HTTP 503, and closed); request bodies held in memory total at most `max_buffered_bytes`;
 auth and Content-Length are checked before a body is read; results are streamed from files.
+
+This module holds the server's settings, start and stop, and stats; `routes` answers the
+requests, `http_io` reads their bodies and writes the answers, `connections` bounds the
+connections, `tasks` keeps the tasks and their result files.
 """
 
 from __future__ import annotations
