@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from kling_expand_plugin.kling import limits
-from tests.helpers import Loopback, wait_until
+from tests.helpers import Loopback, free_port, wait_until
 
 from .conftest import EXPAND, auth_headers, create_body, make_token
 
@@ -280,11 +280,7 @@ def test_image_url_fetch_has_a_deadline_and_a_size_cap(make_api, hostile, path, 
 
 def test_image_url_that_is_refused_or_unreachable_is_1201(make_api, hostile):
     api = make_api(fetch_timeout=2)
-    closed = socket.socket()
-    closed.bind(("127.0.0.1", 0))
-    port = closed.getsockname()[1]
-    closed.close()
-    for url in (hostile.url + "/missing", f"http://127.0.0.1:{port}/a.png"):
+    for url in (hostile.url + "/missing", f"http://127.0.0.1:{free_port()}/a.png"):
         response = api.create(create_body(image=url))
         assert response.json()["code"] == 1201
         assert "could not be downloaded" in response.json()["message"]

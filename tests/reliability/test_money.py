@@ -35,7 +35,7 @@ from kling_expand_plugin.kling.errors import DownloadError
 from kling_expand_plugin.localserver import LocalServer
 from kling_expand_plugin.outpaint.api import by_source, expand_many
 from kling_expand_plugin.outpaint.stage import OutpaintStage, _next_input, _result_bytes
-from tests.helpers import Loopback, free_port, picture
+from tests.helpers import Loopback, free_port, picture, wait_until
 from tests.servers import ACCESS_KEY, SECRET_KEY, keys_env
 
 from .conftest import local_server
@@ -326,9 +326,7 @@ def test_ctrl_c_stops_new_creates_and_exits_within_seconds(tmp_path):
                 "--concurrency", "1", "--ledger", str(ledger), "--out", str(tmp_path / "out")),
             env=keys_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
-        deadline = time.monotonic() + 20
-        while sum(server.stats()["tasks"].values()) < 1 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: sum(server.stats()["tasks"].values()) >= 1, timeout=20)
         process.send_signal(signal.SIGINT)
         code = process.wait(timeout=15)
         time.sleep(1.0)
