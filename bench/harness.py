@@ -1,4 +1,4 @@
-"""What the benchmarks share: the local server in its own process, its counters, test pictures.
+"""What the benchmarks share: the local server in its own process, its counters, their options.
 
 The server runs as `kling-expand serve` in a subprocess so that the benchmark's process holds
 only the stage (or the baseline client): its CPU time and memory are the client side's own.
@@ -6,7 +6,7 @@ only the stage (or the baseline client): its CPU time and memory are the client 
 
 from __future__ import annotations
 
-import io
+import argparse
 import os
 import subprocess
 import sys
@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from PIL import Image
 
 from kling_expand_plugin import Credentials, KlingClient
 from kling_expand_plugin.kling.models import Task
@@ -24,7 +23,25 @@ from kling_expand_plugin.kling.models import Task
 ACCESS_KEY = "bench-access-key"
 SECRET_KEY = "bench-secret-key-0123456789abcdef"
 SERVE = [sys.executable, "-m", "kling_expand_plugin.cli", "serve", "--port", "0"]
-PHOTOS = Path(__file__).resolve().parents[1] / "sample_data" / "photos"
+ROOT = Path(__file__).resolve().parents[1]
+PHOTOS = ROOT / "sample_data" / "photos"
+
+sys.path.insert(0, str(ROOT))  # the tests' distinct pictures serve the benchmarks too
+from tests.helpers import picture  # noqa: E402
+
+__all__ = ["picture"]  # re-exported: the benchmarks import it from here
+
+
+def load_arguments(description: str, *, n: int, baseline_n: int) -> argparse.Namespace:
+    """The load benchmarks' options: N images, L seconds per task, K slots, the baseline's N."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--n", type=int, default=n, help="images through the stage")
+    parser.add_argument(
+        "--latency", type=float, default=1.0, help="L, seconds per task (on average)"
+    )
+    parser.add_argument("--slots", type=int, default=20, help="K, the account's task slots")
+    parser.add_argument("--baseline-n", type=int, default=baseline_n, help="the baseline's tasks")
+    return parser.parse_args()
 
 
 def use_server_keys() -> None:
@@ -66,16 +83,6 @@ def server_stats(url: str) -> dict[str, Any]:
     response.raise_for_status()
     stats: dict[str, Any] = response.json()
     return stats
-
-
-def picture(number: int, size: tuple[int, int] = (320, 240)) -> bytes:
-    """A distinct small PNG per number (distinct inputs have distinct external ids)."""
-    image = Image.new("RGB", size, ((number * 37) % 256, (number * 91) % 256, 120))
-    box = (size[0] // 8, size[1] // 6, size[0] // 2 + number % 100, size[1] * 2 // 3)
-    image.paste(((number // 256) % 256, 200, number % 256), box)
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 def peak_rss_mib() -> float:

@@ -21,7 +21,6 @@ Run: .venv/bin/python bench/lag.py [--n 100] [--latency 1.0] [--slots 20]
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -31,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from baseline import Finished, run_baseline
-from harness import picture, server_process, server_stats, use_server_keys
+from harness import load_arguments, picture, server_process, server_stats, use_server_keys
 
 from imgpipe import Item
 from kling_expand_plugin import OutpaintStage
@@ -118,12 +117,7 @@ def run_mode(mode: str, n: int, latency: float, slots: int, callback: str | None
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=100, help="images through the stage")
-    parser.add_argument("--latency", type=float, default=1.0, help="L, mean seconds per task")
-    parser.add_argument("--slots", type=int, default=20, help="K, the account's task slots")
-    parser.add_argument("--baseline-n", type=int, default=24, help="tasks for the baseline")
-    args = parser.parse_args()
+    args = load_arguments(__doc__.splitlines()[0], n=100, baseline_n=24)
     use_server_keys()
     print(f"N={args.n}, L={args.latency:g} s, K={args.slots}")
 

@@ -15,7 +15,6 @@ Run: .venv/bin/python bench/throughput.py [--n 200] [--latency 1.0] [--slots 20]
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from baseline import run_baseline
 from harness import (
+    load_arguments,
     picture,
     server_process,
     server_stats,
@@ -82,12 +82,7 @@ def report_stage(mode: str, n: int, latency: float, slots: int, callback: str | 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=200, help="images through the stage")
-    parser.add_argument("--latency", type=float, default=1.0, help="L, seconds per task")
-    parser.add_argument("--slots", type=int, default=20, help="K, the account's task slots")
-    parser.add_argument("--baseline-n", type=int, default=8, help="images through the baseline")
-    args = parser.parse_args()
+    args = load_arguments(__doc__.splitlines()[0], n=200, baseline_n=8)
     n, latency, slots = args.n, args.latency, args.slots
     use_server_keys()
     ideal_rate = slots / latency

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
+
+from kling_expand_plugin.localserver import LocalServer
+from tests.helpers import Recorder
+from tests.servers import KEYS, fast_server
 
 SLOW_FOLDERS = ("cli", "cluster", "reliability")
 """Suites of subprocesses, Ray, PostgreSQL and long fault runs: `pytest -m "not slow"` leaves
@@ -20,26 +23,34 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture
 def http_server() -> Iterator[Callable[[dict[str, bytes]], str]]:
     """Serve fixed bodies by path on 127.0.0.1; returns the base URL."""
-    servers: list[ThreadingHTTPServer] = []
+    servers: list[Recorder] = []
 
     def start(routes: dict[str, bytes]) -> str:
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = routes.get(self.path)
-                self.send_response(200 if body is not None else 404)
-                self.send_header("Content-Length", str(len(body or b"")))
-                self.end_headers()
-                self.wfile.write(body or b"")
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}"
+        servers.append(Recorder(routes))
+        return servers[-1].url
 
     yield start
     for server in servers:
-        server.shutdown()
-        server.server_close()
+        server.close()
+
+
+@pytest.fixture
+def start_server() -> Iterator[Callable[..., LocalServer]]:
+    """Start `fast_server(**options)` servers; every one is stopped after the test."""
+    servers: list[LocalServer] = []
+
+    def start(**options: Any) -> LocalServer:
+        servers.append(fast_server(**options).start())
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def kling_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test keys in the environment, where the stage reads them (and no API key)."""
+    for name, value in KEYS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("KLING_API_KEY", raising=False)

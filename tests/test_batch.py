@@ -19,13 +19,9 @@ from kling_expand_plugin.kling.client import ExpandRequest, KlingClient, RetryPo
 from kling_expand_plugin.localserver import LocalServer
 from kling_expand_plugin.outpaint.stage import OutpaintStage
 from tests.helpers import picture
+from tests.servers import fast_server
 
 pytestmark = pytest.mark.slow  # batches of 12 to 48 images over real HTTP
-
-KEYS = {
-    "KLING_ACCESS_KEY": "batch-access-key",
-    "KLING_SECRET_KEY": "batch-secret-key-0123456789abcdef",
-}
 
 RATIOS = Ratios(0.1, 0.1, 0.2, 0.2)
 
@@ -34,18 +30,8 @@ def items(count: int) -> list[Item]:
     return [Item(f"img{number:03d}.png", picture(number)) for number in range(count)]
 
 
-@pytest.fixture
-def credentials(monkeypatch):
-    for name, value in KEYS.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("KLING_API_KEY", raising=False)
-
-
 def server(**options) -> LocalServer:
-    options = {"latency": 0.1, "concurrency": 4, "fill_method": "fast", "seed": 1, **options}
-    return LocalServer(
-        access_key=KEYS["KLING_ACCESS_KEY"], secret_key=KEYS["KLING_SECRET_KEY"], **options
-    )
+    return fast_server(**{"latency": 0.1, "concurrency": 4, "seed": 1, **options})
 
 
 def stage(url: str, tmp_path: Path, **options) -> OutpaintStage:
@@ -58,7 +44,7 @@ def stage(url: str, tmp_path: Path, **options) -> OutpaintStage:
     return OutpaintStage(endpoint=url, **options)
 
 
-def test_a_batch_larger_than_the_account_keeps_it_full_and_never_over(credentials, tmp_path):
+def test_a_batch_larger_than_the_account_keeps_it_full_and_never_over(kling_env, tmp_path):
     with server(concurrency=4) as local:
         outpaint = stage(local.url, tmp_path, n=2)
         results = list(outpaint(items(24)))
@@ -69,7 +55,7 @@ def test_a_batch_larger_than_the_account_keeps_it_full_and_never_over(credential
     assert outpaint.summary["created"] == 24 and outpaint.summary["max_slots_in_use"] == 4
 
 
-def test_a_1303_storm_is_waited_out(credentials, tmp_path):
+def test_a_1303_storm_is_waited_out(kling_env, tmp_path):
     # The account allows 2 tasks; the runner believes it has 6, as when others share the account.
     requests = [
         ExpandRequest(image=base64.b64encode(picture(number, (400, 300))).decode(), ratios=RATIOS)
@@ -91,14 +77,14 @@ def test_a_1303_storm_is_waited_out(credentials, tmp_path):
     assert stats["tasks"]["succeed"] == 12
 
 
-def test_input_order_is_kept_whatever_order_tasks_finish_in(credentials, tmp_path):
+def test_input_order_is_kept_whatever_order_tasks_finish_in(kling_env, tmp_path):
     latencies = iter([0.6, 0.05] * 20)
     with server(concurrency=8, latency=lambda rng: next(latencies)) as local:
         results = list(stage(local.url, tmp_path, concurrency=8)(items(10)))
     assert [r.metadata["outpaint"]["source_key"] for r in results] == [i.key for i in items(10)]
 
 
-def test_completed_order_hands_on_every_result(credentials, tmp_path):
+def test_completed_order_hands_on_every_result(kling_env, tmp_path):
     with server(concurrency=8) as local:
         results = list(stage(local.url, tmp_path, concurrency=8, order="completed")(items(6)))
     keys = sorted(r.metadata["outpaint"]["source_key"] for r in results)
@@ -113,7 +99,7 @@ def test_completed_order_hands_on_every_result(credentials, tmp_path):
         {"callback-drop": 1.0},  # every delivery lost: polling is the fallback
     ],
 )
-def test_callbacks_finish_the_batch_with_repeats_reorders_and_drops(credentials, tmp_path, faults):
+def test_callbacks_finish_the_batch_with_repeats_reorders_and_drops(kling_env, tmp_path, faults):
     with server(concurrency=4, faults=faults) as local:
         outpaint = stage(local.url, tmp_path, callback="127.0.0.1:0", timeout=60)
         results = list(outpaint(items(8)))
@@ -122,7 +108,7 @@ def test_callbacks_finish_the_batch_with_repeats_reorders_and_drops(credentials,
     assert set(stats["create_attempts_by_external_id"].values()) == {1}
 
 
-def test_a_second_run_reads_the_ledger_and_pays_for_nothing(credentials, tmp_path):
+def test_a_second_run_reads_the_ledger_and_pays_for_nothing(kling_env, tmp_path):
     with server() as local:
         first = list(stage(local.url, tmp_path)(items(6)))
         again = stage(local.url, tmp_path)
@@ -133,7 +119,7 @@ def test_a_second_run_reads_the_ledger_and_pays_for_nothing(credentials, tmp_pat
     assert [r.read_bytes() for r in first] == [r.read_bytes() for r in second]
 
 
-def test_a_budget_stops_new_tasks_and_says_so(credentials, tmp_path, caplog):
+def test_a_budget_stops_new_tasks_and_says_so(kling_env, tmp_path, caplog):
     with server(concurrency=1) as local:
         outpaint = stage(local.url, tmp_path, concurrency=1, budget=3)
         results = list(outpaint(items(6)))
@@ -143,7 +129,7 @@ def test_a_budget_stops_new_tasks_and_says_so(credentials, tmp_path, caplog):
     assert "budget of 3" in caplog.text
 
 
-def test_a_failed_task_is_reported_with_its_reason_and_not_paid_for_twice(credentials, tmp_path):
+def test_a_failed_task_is_reported_with_its_reason_and_not_paid_for_twice(kling_env, tmp_path):
     with server(faults={"task-failed": 1.0}) as local:
         first = stage(local.url, tmp_path)
         assert list(first(items(2))) == []

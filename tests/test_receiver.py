@@ -56,25 +56,10 @@ def make_receiver() -> Iterator[Callable[..., CallbackReceiver]]:
 
 
 @pytest.fixture
-def make_server() -> Iterator[Callable[..., LocalServer]]:
-    """Started LocalServers with the test keys, 0.05 s tasks and the fast fill."""
-    servers: list[LocalServer] = []
-
-    def make(**options: Any) -> LocalServer:
-        settings: dict[str, Any] = {
-            "access_key": ACCESS_KEY,
-            "secret_key": SECRET_KEY,
-            "latency": 0.05,
-            "fill_method": "fast",
-            "callback_timeout": 2.0,
-        }
-        settings.update(options)
-        servers.append(LocalServer("127.0.0.1", 0, **settings).start())
-        return servers[-1]
-
-    yield make
-    for server in servers:
-        server.stop()
+def make_server(start_server: Callable[..., LocalServer]) -> Callable[..., LocalServer]:
+    """Started LocalServers with the client's keys, 0.05 s tasks and the fast fill."""
+    keys = {"access_key": ACCESS_KEY, "secret_key": SECRET_KEY, "callback_timeout": 2.0}
+    return lambda **options: start_server(**{**keys, **options})
 
 
 @pytest.fixture
@@ -209,7 +194,7 @@ def test_dropped_deliveries_time_out_and_polling_finds_the_task(
     created = create(client, receiver, "ext-drop")
     started = time.monotonic()
     assert receiver.wait("ext-drop", 0.3) is None
-    assert 0.25 <= time.monotonic() - started < 2.0
+    assert time.monotonic() - started >= 0.25  # waited its time out (no upper bound: load)
     polled = client.wait(created, timeout=5.0, schedule=PollSchedule(first=0.02, longest=0.1))
     assert polled.succeeded and receiver.latest("ext-drop") is None
 
@@ -422,11 +407,10 @@ def test_a_task_never_moves_backwards(make_receiver):
 def test_wait_returns_at_once_when_known_and_respects_after(make_receiver):
     receiver = make_receiver()
     post(receiver.url_for("ext-w"), task_json("ext-w", "processing"))
-    started = time.monotonic()
-    task = receiver.wait("ext-w", 5.0)
+    # Waits far beyond the test's timeout: only returning at once lets the test end.
+    task = receiver.wait("ext-w", 600.0)
     assert task is not None and task.status is TaskStatus.PROCESSING
-    assert receiver.wait("ext-w", 5.0, after=TaskStatus.SUBMITTED) == task
-    assert time.monotonic() - started < 0.5
+    assert receiver.wait("ext-w", 600.0, after=TaskStatus.SUBMITTED) == task
     assert receiver.wait("ext-w", 0.05, after=TaskStatus.PROCESSING) is None
     assert receiver.wait("ext-unknown", 0.0) is None
 
@@ -437,21 +421,21 @@ def test_many_waiters_are_woken_by_one_delivery(make_receiver):
     lock = threading.Lock()
 
     def waiter(external_id: str) -> None:
-        task = receiver.wait(external_id, 5.0, after=TaskStatus.PROCESSING)
+        task = receiver.wait(external_id, 600.0, after=TaskStatus.PROCESSING)
         with lock:
             results.append(task)
 
-    threads = [threading.Thread(target=waiter, args=(f"ext-{i % 2}",)) for i in range(8)]
+    threads = [
+        threading.Thread(target=waiter, args=(f"ext-{i % 2}",), daemon=True) for i in range(8)
+    ]
     for thread in threads:
         thread.start()
-    started = time.monotonic()
     post(receiver.url_for("ext-0"), task_json("ext-0", "processing"))  # not enough for them
     post(receiver.url_for("ext-0"), task_json("ext-0", "succeed"))
     post(receiver.url_for("ext-1"), task_json("ext-1", "failed"))
     for thread in threads:
-        thread.join(timeout=5)
-    assert not any(thread.is_alive() for thread in threads)
-    assert time.monotonic() - started < 1.0  # woken, not timed out (wait's timeout is 5 s)
+        thread.join(timeout=10)
+    assert not any(thread.is_alive() for thread in threads)  # woken: their timeout is 600 s
     assert sorted(task.status.value for task in results if task) == ["failed"] * 4 + ["succeed"] * 4
 
 

@@ -10,13 +10,11 @@ import contextlib
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -26,6 +24,7 @@ from imgpipe import FetchError, Item, UrlLimits, redact_url
 from imgpipe.stages.load import load
 from kling_expand_plugin.imaging.plan import Target
 from kling_expand_plugin.imaging.prepare import FitError, prepare
+from tests.helpers import Loopback, free_port
 
 pytestmark = pytest.mark.slow  # servers that drip and never stop; deadlines of a second
 
@@ -129,12 +128,8 @@ class Hostile(BaseHTTPRequestHandler):
 @pytest.fixture
 def server() -> Iterator[str]:
     Hostile.hits = collections.Counter()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with Loopback(Hostile) as httpd:
+        yield httpd.url
 
 
 def refusal(url: str, limits: UrlLimits | None = None) -> tuple[FitError, float]:
@@ -223,11 +218,8 @@ def test_expand_fetches_each_url_input_once_and_never_shows_its_query(server, tm
 
 
 def test_a_refused_connection_is_said_in_words_without_the_query():
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     with pytest.raises(FetchError) as refused:
-        Item("a", f"http://127.0.0.1:{port}/a.png{SIGNED}").read_bytes()
+        Item("a", f"http://127.0.0.1:{free_port()}/a.png{SIGNED}").read_bytes()
     text = str(refused.value)
     assert text.endswith("the connection failed, or broke off")
     assert SECRET not in text and "Error" not in text and "Pool" not in text

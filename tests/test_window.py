@@ -14,12 +14,21 @@ def slow_first(value: int) -> int:
 
 
 def test_input_order_is_kept_while_later_work_goes_on():
-    started = time.monotonic()
-    out = [
-        (value, future.result()) for value, future in windowed_map(slow_first, range(8), window=4)
-    ]
-    assert out == [(v, v * 10) for v in range(8)]
-    assert time.monotonic() - started < 0.6  # the slow head did not hold up the others
+    rest_of_window_done = threading.Event()
+    done: list[int] = []
+    lock = threading.Lock()
+
+    def work(value: int) -> tuple[int, bool]:
+        if value == 0:  # the head ends only once the rest of its window has ended
+            return value * 10, rest_of_window_done.wait(10)
+        with lock:
+            done.append(value)
+            if len(done) == 3:
+                rest_of_window_done.set()
+        return value * 10, True
+
+    out = [(value, future.result()) for value, future in windowed_map(work, range(8), window=4)]
+    assert out == [(v, (v * 10, True)) for v in range(8)]  # the head did not hold up the others
 
 
 def test_completed_order_hands_on_what_finished_first():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import secrets
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -26,7 +25,7 @@ from kling_expand_plugin.cli.common import (
 from kling_expand_plugin.kling.auth import Credentials
 from kling_expand_plugin.kling.client import DEFAULT_BASE_URL, EXPAND_PATH
 from kling_expand_plugin.kling.errors import CredentialsError
-from kling_expand_plugin.localserver import LocalServer
+from kling_expand_plugin.localserver import with_own_keys
 
 
 def add_doctor(
@@ -83,12 +82,10 @@ def _doctor_target(
 ) -> tuple[str, Credentials | None]:
     """The URL to probe and the credentials to probe it with (None: cannot probe)."""
     if endpoint == "local":
-        access_key, secret_key = secrets.token_hex(8), secrets.token_hex(16)
-        server = stack.enter_context(
-            LocalServer(access_key=access_key, secret_key=secret_key, fill_method="fast")
-        )
+        server, credentials = with_own_keys(fill_method="fast")
+        stack.enter_context(server)
         check("credentials", True, "not needed: an embedded local server with its own keys")
-        return server.url, Credentials(access_key, secret_key)
+        return server.url, credentials
     if not endpoint.startswith(("http://", "https://")):
         raise UsageError(f"--endpoint {endpoint!r} is not local or an http(s) URL")
     try:

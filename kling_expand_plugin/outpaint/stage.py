@@ -10,7 +10,6 @@ import io
 import itertools
 import logging
 import os
-import secrets
 import tempfile
 import threading
 import time
@@ -231,20 +230,15 @@ class OutpaintStage:
         """The client, ledger, receiver and slots of one run, closed by `stack` at its end."""
         webhook_secret = os.environ.get(WEBHOOK_SECRET_ENV) or None  # read now, kept nowhere
         if self.endpoint == "local":
-            from kling_expand_plugin.localserver import LocalServer
+            from kling_expand_plugin.localserver import with_own_keys
 
-            access_key, secret_key = secrets.token_hex(8), secrets.token_hex(16)
-            server = stack.enter_context(
-                LocalServer(
-                    access_key=access_key,
-                    secret_key=secret_key,
-                    latency=self.local_latency,
-                    concurrency=self.concurrency,
-                    webhook_secret=webhook_secret,
-                )
+            server, credentials = with_own_keys(
+                latency=self.local_latency,
+                concurrency=self.concurrency,
+                webhook_secret=webhook_secret,
             )
+            stack.enter_context(server)
             log.info("outpaint: local Kling server at %s", server.url)
-            credentials = Credentials(access_key=access_key, secret_key=secret_key)
             url, endpoint_key = server.url, "local"
         else:
             assert self.credentials is not None

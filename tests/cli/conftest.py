@@ -6,16 +6,15 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from kling_expand_plugin.localserver import LocalServer
+from tests.helpers import noisy_image
 
 ACCESS_KEY = "AK-cli-test-0123456789"
 SECRET_KEY = "SK-cli-test-secret-0123456789abcdef"
@@ -46,16 +45,6 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) 
     return Ran(process.returncode, process.stdout, process.stderr)
 
 
-def noisy_image(width: int, height: int, seed: int) -> Image.Image:
-    """Smooth colours with some noise: cheap to fill, distinct per seed."""
-    rng = np.random.default_rng(seed)
-    x = np.linspace(0, 1, width)[None, :, None]
-    y = np.linspace(0, 1, height)[:, None, None]
-    base = rng.uniform(0, 255, size=3) * x + rng.uniform(0, 255, size=3) * (1 - y)
-    noise = rng.normal(0, 12, size=(height, width, 3))
-    return Image.fromarray(np.clip(base / 2 + 60 + noise, 0, 255).astype(np.uint8), "RGB")
-
-
 @pytest.fixture
 def photos(tmp_path: Path) -> Path:
     """A folder of three small photos (PNG, JPEG, and one in a subfolder)."""
@@ -68,12 +57,9 @@ def photos(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def server() -> Iterator[LocalServer]:
+def server(start_server: Callable[..., LocalServer]) -> LocalServer:
     """A local Kling server with keys, fast tasks and the fast fill."""
-    with LocalServer(
-        access_key=ACCESS_KEY, secret_key=SECRET_KEY, latency=0.05, fill_method="fast"
-    ) as local:
-        yield local
+    return start_server(access_key=ACCESS_KEY, secret_key=SECRET_KEY)
 
 
 @pytest.fixture

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import email.utils
 import json
-import socket
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from kling_expand_plugin.batch.ledger import SqliteLedger
 from kling_expand_plugin.kling.models import Task, TaskStatus
+from tests.helpers import Loopback, free_port
 
 from .conftest import ACCESS_KEY, run_cli
 
@@ -70,10 +69,7 @@ def test_missing_credentials_and_refused_credentials_fail(server, tmp_path):
 
 
 def test_an_unreachable_server_fails(keys, tmp_path):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    ran = run_cli("doctor", "--endpoint", f"http://127.0.0.1:{port}", "--ledger",
+    ran = run_cli("doctor", "--endpoint", f"http://127.0.0.1:{free_port()}", "--ledger",
                   str(tmp_path / "l.sqlite"), "--json", env=keys)  # fmt: skip
     checks = _checks(ran)
     assert ran.code == 1 and not checks["reachable"]["ok"] and "clock" not in checks
@@ -95,11 +91,8 @@ def skewed_server() -> Iterator[str]:
         def log_message(self, *args: object) -> None:
             pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with Loopback(Handler) as server:
+        yield server.url
 
 
 def test_a_skewed_clock_fails(skewed_server, keys, tmp_path):

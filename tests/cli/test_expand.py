@@ -7,7 +7,6 @@ import os
 import pty
 import re
 import select
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import pytest
 from PIL import Image
 
 from kling_expand_plugin.cli import main
+from tests.helpers import free_port
 
 from .conftest import noisy_image, run_cli
 
@@ -112,14 +112,8 @@ def test_against_a_served_endpoint_with_a_ledger(photos, tmp_path, server, keys)
     assert Image.open(out / "a-0.png").size == (600, 300)
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_an_unreachable_endpoint_exits_3_before_any_work(photos, tmp_path, keys):
-    url = f"http://127.0.0.1:{_closed_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     ran = run_cli("expand", str(photos), "--aspect", "16:9", "--endpoint", url,
                   "--out", str(tmp_path / "out"), env=keys)  # fmt: skip
     assert ran.code == 3

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from kling_expand_plugin import Credentials, ExpandRequest, KlingClient, Ratios
-from kling_expand_plugin.localserver import LocalServer
+from tests.servers import fast_server
 
 from .conftest import ACCESS_KEY, SECRET_KEY, noisy_image, run_cli
 
@@ -62,8 +62,8 @@ def test_an_unknown_task_exits_1(server, keys):
 
 
 def test_waiting_for_a_failed_task_exits_1_with_its_message(keys):
-    with LocalServer(access_key=ACCESS_KEY, secret_key=SECRET_KEY, latency=0.05,
-                     fill_method="fast", faults={"task-failed": 1.0}) as failing:  # fmt: skip
+    with fast_server(access_key=ACCESS_KEY, secret_key=SECRET_KEY,
+                     faults={"task-failed": 1.0}) as failing:  # fmt: skip
         task = _create(failing.url, 3)
         ran = run_cli("tasks", "wait", task.task_id, "--endpoint", failing.url, "--interval",
                       "0.05", env=keys)  # fmt: skip
@@ -89,7 +89,7 @@ def test_tasks_without_credentials_exit_2(server):
 
 
 def test_tasks_of_a_keyless_serve_need_no_credentials():
-    with LocalServer(fill_method="fast", latency=0.05) as open_server:  # accepts any token
+    with fast_server(access_key=None, secret_key=None) as open_server:  # accepts any token
         with KlingClient(open_server.url, Credentials("any", "thing-0123456789")) as client:
             client.create(ExpandRequest(image=_png(3), ratios=Ratios(0, 0, 0.25, 0.25)))
         listed = run_cli("tasks", "list", "--endpoint", open_server.url, "--json")

@@ -36,33 +36,23 @@ def image_b64() -> str:
 
 
 @pytest.fixture(params=["object", "list"], ids=["query-object", "query-list"])
-def local_server(request: pytest.FixtureRequest) -> Iterator[Callable[..., LocalServer]]:
-    """Start a LocalServer with the test keys and fast settings; extra kwargs override.
+def local_server(
+    request: pytest.FixtureRequest, start_server: Callable[..., LocalServer]
+) -> Callable[..., LocalServer]:
+    """Start a LocalServer with the client's keys and fast settings; extra kwargs override.
 
     Every test runs twice: with the single-task query answering `data` as the task object
     (what the real clients read) and as a list of one (the documentation's example).
     """
-    servers: list[LocalServer] = []
-
-    def start(**overrides: Any) -> LocalServer:
-        settings: dict[str, Any] = {
-            "access_key": ACCESS_KEY,
-            "secret_key": SECRET_KEY,
-            "api_keys": (API_KEY,),
-            "latency": 0.05,
-            "concurrency": 10,
-            "seed": 0,
-            "fill_method": "fast",
-            "query_shape": request.param,
-        }
-        settings.update(overrides)
-        server = LocalServer(**settings).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
+    settings: dict[str, Any] = {
+        "access_key": ACCESS_KEY,
+        "secret_key": SECRET_KEY,
+        "api_keys": (API_KEY,),
+        "concurrency": 10,
+        "seed": 0,
+        "query_shape": request.param,
+    }
+    return lambda **overrides: start_server(**{**settings, **overrides})
 
 
 @pytest.fixture

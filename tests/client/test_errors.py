@@ -128,12 +128,10 @@ def test_retry_after_forms():
 
 def test_retry_after_beyond_the_deadline_gives_up_at_once(make_client):
     policy = RetryPolicy(attempts=5, base_delay=0.01, deadline=1.0)
-    answers = sequence(Answer(429, envelope(1302).body, {"Retry-After": "30"}))
-    with scripted_server(answers) as (url, server):
-        started = time.monotonic()
-        with pytest.raises(errors.RateLimitedError):
-            make_client(url, retry=policy).get("t1")
-    assert time.monotonic() - started < 1.0
+    # Honouring a wait of 600 s would outlive the test: only giving up at once ends it.
+    answers = sequence(Answer(429, envelope(1302).body, {"Retry-After": "600"}))
+    with scripted_server(answers) as (url, server), pytest.raises(errors.RateLimitedError):
+        make_client(url, retry=policy).get("t1")
     assert len(server.seen) == 1
 
 

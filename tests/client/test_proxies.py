@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 from kling_expand_plugin import Credentials, KlingClient
+from tests.helpers import Loopback
 
 
 def test_requests_go_through_the_environment_s_proxy(monkeypatch):
@@ -25,18 +25,13 @@ def test_requests_go_through_the_environment_s_proxy(monkeypatch):
         def log_message(self, *args: object) -> None:
             pass
 
-    proxy = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
-    threading.Thread(target=proxy.serve_forever, daemon=True).start()
-    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_address[1]}")
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
-    try:
+    with Loopback(Proxy) as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
         with KlingClient(
             "http://kling.invalid", Credentials("ak", "sk-0123456789abcdef")
         ) as client:
             assert list(client.list()) == []
             assert list(client.list()) == []
-    finally:
-        proxy.shutdown()
-        proxy.server_close()
     assert len(seen) == 2 and all(url.startswith("http://kling.invalid/v1/") for url in seen)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -18,12 +17,11 @@ from typing import NoReturn
 
 import pytest
 
+from tests.helpers import free_port
+from tests.servers import KEYS
+
 POSTGRES_DSN_ENV = "KLING_TEST_POSTGRES_DSN"
 POSTGRES_BIN_ENV = "KLING_TEST_POSTGRES_BIN"
-KEYS = {
-    "KLING_ACCESS_KEY": "cluster-access-key",
-    "KLING_SECRET_KEY": "cluster-secret-key-0123456789abcdef",
-}
 
 
 def unavailable(reason: str) -> NoReturn:
@@ -92,7 +90,7 @@ def _throwaway_postgres() -> Iterator[str]:
             unavailable("running as root without runuser: cannot start PostgreSQL")
         as_user = [str(runuser), "-u", "postgres", "--"]
         shutil.chown(folder, user="postgres")
-    data, port = folder / "data", _free_port()
+    data, port = folder / "data", free_port()
     pg_ctl = [*as_user, str(postgres_bin / "pg_ctl"), "-D", str(data)]
     options = f"-c listen_addresses=127.0.0.1 -p {port} -k {folder} -c fsync=off"
     try:
@@ -113,12 +111,6 @@ def _throwaway_postgres() -> Iterator[str]:
 
 def _run(command: list[str]) -> None:
     subprocess.run(command, check=True, capture_output=True, text=True, timeout=60)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(scope="package")

@@ -10,11 +10,11 @@ from imgpipe import Item
 from kling_expand_plugin.batch.ledger import SqliteLedger, StoredBytes, open_ledger
 from kling_expand_plugin.kling.models import Task
 from kling_expand_plugin.kling.wire import task_from_json
-from kling_expand_plugin.localserver import LocalServer
 from kling_expand_plugin.outpaint.stage import OutpaintStage
 from tests.helpers import picture
+from tests.servers import fast_server
 
-from .conftest import KEYS, require
+from .conftest import require
 
 ENDPOINT = "https://kling.example"
 
@@ -109,19 +109,9 @@ def test_the_password_never_shows():
     assert "hunter2" not in describe("host=db.example user=u password=hunter2 dbname=k")
 
 
-def test_the_stage_with_a_postgres_ledger_pays_once_across_runs(fresh_postgres, monkeypatch):
-    for name, value in KEYS.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("KLING_API_KEY", raising=False)
+def test_the_stage_with_a_postgres_ledger_pays_once_across_runs(fresh_postgres, kling_env):
     inputs = [Item(f"img{n}.png", picture(n)) for n in range(4)]
-    server = LocalServer(
-        access_key=KEYS["KLING_ACCESS_KEY"],
-        secret_key=KEYS["KLING_SECRET_KEY"],
-        latency=0.05,
-        concurrency=4,
-        fill_method="fast",
-    )
-    with server:
+    with fast_server(concurrency=4) as server:
         first = OutpaintStage(endpoint=server.url, aspect="16:9", ledger=fresh_postgres)
         results = list(first(inputs))
         second = OutpaintStage(endpoint=server.url, aspect="16:9", ledger=fresh_postgres)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from kling_expand_plugin.localserver import LocalServer
 from tests.helpers import picture
+from tests.servers import fast_server
 
-from .conftest import KEYS, require
+from .conftest import require
 
 require("ray")
 from kling_expand_plugin.integrations.ray import Outpaint, ResultFolder, account_slots  # noqa: E402
@@ -26,14 +26,7 @@ IMAGES = 40
 @pytest.fixture
 def server():
     # The server allows twice K: its counter then shows what the cluster held, not its own cap.
-    local = LocalServer(
-        access_key=KEYS["KLING_ACCESS_KEY"],
-        secret_key=KEYS["KLING_SECRET_KEY"],
-        latency=0.1,
-        concurrency=2 * K,
-        fill_method="fast",
-    )
-    with local:
+    with fast_server(latency=0.1, concurrency=2 * K) as local:
         yield local
 
 

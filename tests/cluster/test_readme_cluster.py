@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kling_expand_plugin.localserver import LocalServer
+from tests.servers import fast_server
 
 from .conftest import KEYS, require, unavailable
 
@@ -27,14 +27,7 @@ def test_the_cluster_example_runs(tmp_path):
     assert example, "no python example under ## Running on a cluster"
     assert EXAMPLE_URL in example.group(1)
     shutil.copytree(ROOT / "sample_data", tmp_path / "sample_data")
-    server = LocalServer(
-        access_key=KEYS["KLING_ACCESS_KEY"],
-        secret_key=KEYS["KLING_SECRET_KEY"],
-        latency=0.1,
-        concurrency=4,
-        fill_method="fast",
-    )
-    with server:
+    with fast_server(latency=0.1, concurrency=4) as server:
         code = example.group(1).replace(EXAMPLE_URL, server.url)
         # Its Ray workers inherit the credentials from its environment, as the README says.
         env = {name: value for name, value in os.environ.items() if name != "RAY_ADDRESS"}

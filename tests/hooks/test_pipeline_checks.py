@@ -5,7 +5,6 @@ what the umask says, the already-shaped image under the same name as any result.
 
 from __future__ import annotations
 
-import os
 import stat
 import subprocess
 import sys
@@ -17,25 +16,15 @@ from PIL import Image
 
 from imgpipe import ConfigError, load_config
 from kling_expand_plugin.localserver import LocalServer
-from tests.helpers import free_port
-
-KEYS = {
-    "KLING_ACCESS_KEY": "AK-pipeline-0123456789",
-    "KLING_SECRET_KEY": "SK-pipeline-0123456789abcdef0123456789",
-}
+from tests.helpers import free_port, write_pipeline
+from tests.servers import keys_env
 
 pytestmark = pytest.mark.slow  # pipelines run end to end, some in subprocesses
 
 
 @pytest.fixture
-def server():
-    with LocalServer(
-        access_key=KEYS["KLING_ACCESS_KEY"],
-        secret_key=KEYS["KLING_SECRET_KEY"],
-        latency=0.05,
-        fill_method="fast",
-    ) as local:
-        yield local
+def server(start_server):
+    return start_server()
 
 
 @pytest.fixture
@@ -47,26 +36,14 @@ def photos(tmp_path: Path) -> Path:
     return folder
 
 
-def config(tmp_path: Path, server: LocalServer, paths: list[str], save: str) -> Path:
-    text = f"""
-    [[stages]]
-    stage = "load"
-    paths = {paths!r}
-
-    [[stages]]
-    stage = "outpaint"
-    endpoint = "{server.url}"
-    aspect = "16:9"
-    ledger = "{tmp_path / "ledger.sqlite"}"
-    local_latency = 0.05
-
-    [[stages]]
-    stage = "save"
-    {save}
-    """
-    path = tmp_path / "pipeline.toml"
-    path.write_text(textwrap.dedent(text).replace("'", '"'))
-    return path
+def config(tmp_path: Path, server: LocalServer, paths: list[str], save: dict[str, str]) -> Path:
+    outpaint = {
+        "endpoint": server.url,
+        "aspect": "16:9",
+        "ledger": str(tmp_path / "ledger.sqlite"),
+        "local_latency": 0.05,
+    }
+    return write_pipeline(tmp_path / "pipeline.toml", paths, outpaint, save)
 
 
 def imgpipe(
@@ -75,15 +52,14 @@ def imgpipe(
     timeout: float = 60,
     env_extra: dict[str, str] | None = None,
 ):
-    env = {**os.environ, **KEYS, **(env_extra or {})}
-    env.pop("KLING_API_KEY", None)
+    env = keys_env(**(env_extra or {}))
     command = [sys.executable, "-c", script, *args] if script else [
         sys.executable, "-m", "imgpipe.cli", *args]  # fmt: skip
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
 
 
 def test_a_name_typo_is_refused_before_any_task_with_a_suggestion(server, photos, tmp_path):
-    save = f'folder = "{tmp_path / "out"}"\n    name = "{{stem}}_{{varient}}.{{ext}}"'
+    save = {"folder": str(tmp_path / "out"), "name": "{stem}_{varient}.{ext}"}
     ran = imgpipe("run", str(config(tmp_path, server, [str(photos)], save)))
     assert ran.returncode == 2, ran.stderr
     assert "{varient}" in ran.stderr and "did you mean {variant}?" in ran.stderr
@@ -95,7 +71,7 @@ def test_two_load_paths_with_one_file_name_are_refused_before_any_task(server, p
     other = tmp_path / "other"
     other.mkdir()
     (other / "a.png").write_bytes((photos / "a.png").read_bytes())
-    save = f'folder = "{tmp_path / "out"}"\n    name = "{{variant}}.{{ext}}"'
+    save = {"folder": str(tmp_path / "out"), "name": "{variant}.{ext}"}
     ran = imgpipe("run", str(config(tmp_path, server, [str(photos), str(other)], save)))
     assert ran.returncode == 2, ran.stderr
     assert "would both be written to" in ran.stderr
@@ -106,7 +82,7 @@ def test_a_save_folder_inside_the_inputs_is_refused(server, photos, tmp_path):
     (photos / "wide").mkdir()
     Image.new("RGB", (400, 300)).save(photos / "wide" / "a-0.png")
     ran = imgpipe(
-        "run", str(config(tmp_path, server, [str(photos)], f'folder = "{photos / "wide"}"'))
+        "run", str(config(tmp_path, server, [str(photos)], {"folder": str(photos / "wide")}))
     )
     assert ran.returncode == 2 and "results would be processed again" in ran.stderr
     assert server.stats()["creates_by_external_id"] == {}
@@ -114,7 +90,7 @@ def test_a_save_folder_inside_the_inputs_is_refused(server, photos, tmp_path):
 
 def test_an_unwritable_save_folder_is_refused_before_any_task(server, photos, tmp_path):
     (tmp_path / "file").write_text("not a folder")
-    save = f'folder = "{tmp_path / "file" / "out"}"'
+    save = {"folder": str(tmp_path / "file" / "out")}
     ran = imgpipe("run", str(config(tmp_path, server, [str(photos)], save)))
     assert ran.returncode == 2 and "cannot be written" in ran.stderr
     assert server.stats()["creates_by_external_id"] == {}
@@ -128,14 +104,14 @@ def test_save_writes_with_the_umask_and_names_the_already_shaped_image_as_any_re
     leftover = out / ".a-0.png.999999-0123abcd.part"
     leftover.write_bytes(b"half")
     script = "import os, sys; os.umask(0o022); from imgpipe.cli import main; sys.exit(main())"
-    ran = imgpipe("run", str(config(tmp_path, server, [str(photos)], f'folder = "{out}"')),
+    ran = imgpipe("run", str(config(tmp_path, server, [str(photos)], {"folder": str(out)})),
                   script=script)  # fmt: skip
     assert ran.returncode == 0, ran.stderr
     assert sorted(path.name for path in out.iterdir()) == ["a-0.png", "wide-0.png"]
     assert {stat.S_IMODE(path.stat().st_mode) for path in out.iterdir()} == {0o644}
     assert len(server.stats()["creates_by_external_id"]) == 1  # wide.png: no task
     # Run again: the same bytes come from the ledger, nothing is replaced or paid for.
-    again = imgpipe("run", str(config(tmp_path, server, [str(photos)], f'folder = "{out}"')))
+    again = imgpipe("run", str(config(tmp_path, server, [str(photos)], {"folder": str(out)})))
     assert again.returncode == 0, again.stderr
     assert server.stats()["units_charged"] == 1
 
@@ -168,7 +144,7 @@ sys.exit(cli.main())
 
 
 def test_a_stage_failing_after_paid_work_ends_the_process_with_exit_1(server, photos, tmp_path):
-    path = config(tmp_path, server, [str(photos)], f'folder = "{tmp_path / "out"}"')
+    path = config(tmp_path, server, [str(photos)], {"folder": str(tmp_path / "out")})
     # The embedded server (endpoint "local") is the one that hung at interpreter shutdown.
     text = path.read_text().replace(f'endpoint = "{server.url}"', 'endpoint = "local"')
     path.write_text(text + '\n[[stages]]\nstage = "boom"\n')
@@ -178,15 +154,13 @@ def test_a_stage_failing_after_paid_work_ends_the_process_with_exit_1(server, ph
 
 
 def test_too_little_free_space_for_the_results_is_refused_before_any_task(
-    server, photos, tmp_path, monkeypatch
+    server, photos, tmp_path, monkeypatch, kling_env
 ):
     from imgpipe import make_plugin_manager
     from imgpipe.runner import build_pipeline, check_pipeline
     from imgpipe.stages import save
 
-    for name, value in KEYS.items():
-        monkeypatch.setenv(name, value)
-    path = config(tmp_path, server, [str(photos)], f'folder = "{tmp_path / "out"}"')
+    path = config(tmp_path, server, [str(photos)], {"folder": str(tmp_path / "out")})
     stages = build_pipeline(make_plugin_manager().stages(), load_config(path))
     check_pipeline(stages)  # room enough on the real disk
     monkeypatch.setattr(save.shutil, "disk_usage", lambda path: _Usage(free=10_000))
@@ -256,7 +230,7 @@ def test_a_pipeline_without_load_or_save_is_refused_unless_it_says_so(tmp_path, 
 
 @pytest.mark.slow  # subprocesses
 def test_check_and_dry_run_list_the_work_and_pay_nothing(server, photos, tmp_path):
-    path = config(tmp_path, server, [str(photos)], f'folder = "{tmp_path / "out"}"')
+    path = config(tmp_path, server, [str(photos)], {"folder": str(tmp_path / "out")})
     for args in (["check", str(path)], ["run", str(path), "--dry-run", "-v"]):
         ran = imgpipe(*args)
         assert ran.returncode == 0, ran.stderr
@@ -285,7 +259,7 @@ def test_stages_shows_each_stages_options(tmp_path):
 
 @pytest.mark.slow  # subprocesses
 def test_the_endpoint_and_its_credentials_are_checked_before_any_work(server, photos, tmp_path):
-    path = config(tmp_path, server, [str(photos)], f'folder = "{tmp_path / "out"}"')
+    path = config(tmp_path, server, [str(photos)], {"folder": str(tmp_path / "out")})
     wrong_keys = path.read_text()
     refused = imgpipe("run", str(path), env_extra={
         "KLING_SECRET_KEY": "SK-not-the-right-one-0123456789abcdef"})  # fmt: skip

@@ -5,11 +5,9 @@ from __future__ import annotations
 import base64
 import io
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import jwt
@@ -19,9 +17,9 @@ import requests
 from PIL import Image
 
 from kling_expand_plugin.localserver import LocalServer
+from tests.helpers import Recorder
+from tests.servers import ACCESS_KEY, SECRET_KEY, fast_server
 
-ACCESS_KEY = "AK-test-0123456789abcdef0123456789"
-SECRET_KEY = "SK-test-secret-0123456789abcdef0123456789"
 EXPAND = "/v1/images/editing/expand"
 
 
@@ -138,36 +136,10 @@ class Api:
         raise AssertionError(f"task {task_id} did not end within {timeout} s")
 
 
-def _start(**options: Any) -> LocalServer:
-    """A started LocalServer: JWT keys, 0.05 s latency and the "fast" fill unless told."""
-    settings: dict[str, Any] = {
-        "access_key": ACCESS_KEY,
-        "secret_key": SECRET_KEY,
-        "latency": 0.05,
-        "fill_method": "fast",
-    }
-    settings.update(options)
-    return LocalServer("127.0.0.1", 0, **settings).start()
-
-
-@pytest.fixture
-def start_server() -> Iterator[Callable[..., LocalServer]]:
-    """Start LocalServers with these options; all stopped after the test."""
-    servers: list[LocalServer] = []
-
-    def start(**options: Any) -> LocalServer:
-        servers.append(_start(**options))
-        return servers[-1]
-
-    yield start
-    for server in servers:
-        server.stop()
-
-
 @pytest.fixture(scope="module")
 def shared_api() -> Iterator[Api]:
     """One default server for a whole module, for tests that create no task."""
-    server = _start(concurrency=1000)
+    server = fast_server(concurrency=1000).start()
     yield Api(server)
     server.stop()
 
@@ -184,65 +156,8 @@ def make_api(start_server: Callable[..., LocalServer]) -> Callable[..., Api]:
     return lambda **options: Api(start_server(**options))
 
 
-@dataclass
-class Received:
-    """One request a Recorder received."""
-
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-class Recorder:
-    """A loopback HTTP server: records POSTs (callbacks), serves fixed GET bodies (image URLs)."""
-
-    def __init__(self) -> None:
-        self.received: list[Received] = []
-        self.files: dict[str, bytes] = {}
-        self._lock = threading.Lock()
-        recorder = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                with recorder._lock:
-                    recorder.received.append(Received(self.path, dict(self.headers), body))
-                self._answer(200, b"{}")
-
-            def do_GET(self) -> None:
-                body = recorder.files.get(self.path)
-                self._answer(200 if body is not None else 404, body or b"")
-
-            def _answer(self, status: int, body: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), daemon=True
-        )
-        self._thread.start()
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def bodies(self) -> list[Any]:
-        with self._lock:
-            return [item.json() for item in self.received]
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
 @pytest.fixture
 def recorder() -> Iterator[Recorder]:
     recorder = Recorder()
     yield recorder
-    recorder.stop()
+    recorder.close()

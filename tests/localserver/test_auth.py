@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import time
+from typing import Any
 
 import jwt
 import pytest
+import requests
 
 from .conftest import ACCESS_KEY, EXPAND, SECRET_KEY, auth_headers, make_token
 
@@ -21,22 +24,22 @@ def test_valid_jwt_is_accepted(api):
     assert _code(api, auth_headers()) == (200, 0, "SUCCEED")
 
 
+def _bearer(**token: Any) -> dict[str, str]:
+    return {"Authorization": f"Bearer {make_token(**token)}"}
+
+
 @pytest.mark.parametrize(
     ("headers", "code"),
     [
-        ({}, 1001),
-        ({"Authorization": ""}, 1001),
-        ({"Authorization": "Bearer"}, 1002),
-        ({"Authorization": "Basic abc"}, 1002),
-        ({"Authorization": "Bearer not-a-jwt"}, 1002),
-        (
-            {"Authorization": f"Bearer {make_token(secret='wrong-secret-0123456789abcdef0123')}"},
-            1002,
-        ),
-        ({"Authorization": f"Bearer {make_token(iss='someone-else')}"}, 1000),
-        ({"Authorization": f"Bearer {make_token(exp_in=-10, nbf_in=-100)}"}, 1004),
-        # Made at collection: valid only a day later, however long the suite runs before this test.
-        ({"Authorization": f"Bearer {make_token(nbf_in=86400, exp_in=2 * 86400)}"}, 1003),
+        (lambda: {}, 1001),
+        (lambda: {"Authorization": ""}, 1001),
+        (lambda: {"Authorization": "Bearer"}, 1002),
+        (lambda: {"Authorization": "Basic abc"}, 1002),
+        (lambda: {"Authorization": "Bearer not-a-jwt"}, 1002),
+        (lambda: _bearer(secret="wrong-secret-0123456789abcdef0123"), 1002),
+        (lambda: _bearer(iss="someone-else"), 1000),
+        (lambda: _bearer(exp_in=-10, nbf_in=-100), 1004),
+        (lambda: _bearer(nbf_in=120, exp_in=1800), 1003),
     ],
     ids=[
         "no-header",
@@ -51,7 +54,8 @@ def test_valid_jwt_is_accepted(api):
     ],
 )
 def test_bad_tokens_answer_401_with_their_code(api, headers, code):
-    status, answered, message = _code(api, headers)
+    # Headers are made in the test, not at collection: a token's times count from now.
+    status, answered, message = _code(api, headers())
     assert (status, answered) == (401, code)
     assert SECRET_KEY not in message
 
@@ -95,3 +99,16 @@ def test_repr_hides_the_secret(start_server):
     server = start_server()
     assert SECRET_KEY not in repr(server)
     assert SECRET_KEY not in repr(server.auth)
+
+
+def test_a_server_with_its_own_keys_opens_only_to_the_credentials_it_hands_back():
+    from kling_expand_plugin.localserver import with_own_keys
+
+    (first, credentials), (second, _) = with_own_keys(), with_own_keys()
+    with first, second, requests.Session() as session:
+        listing = f"{EXPAND}?pageNum=1&pageSize=1"
+        token = {"Authorization": f"Bearer {credentials.bearer_token()}"}
+        assert session.get(first.url + listing, headers=token).json()["code"] == 0
+        refused = session.get(second.url + listing, headers=token)
+        assert (refused.status_code, refused.json()["code"]) == (401, 1000)  # each its own keys
+    assert not re.search(r"[0-9a-f]{32}", repr(first) + repr(credentials))  # the secret key

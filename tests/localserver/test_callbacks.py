@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from kling_expand_plugin.kling.webhooks import verify
@@ -41,9 +39,7 @@ def test_each_status_change_is_posted_in_order_and_signed(make_api, recorder):
     ids = {item.headers["webhook-id"] for item in recorder.received}
     assert len(ids) == 3
     # The server counts a delivery once its answer is back, just after the recorder stored it.
-    deadline = time.monotonic() + 5
-    while api.server.stats()["callbacks"]["sent"] < 3 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: api.server.stats()["callbacks"]["sent"] >= 3)
     assert api.server.stats()["callbacks"]["sent"] == 3
 
 

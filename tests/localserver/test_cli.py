@@ -149,23 +149,25 @@ def test_help_lists_every_fault(capsys):
 
 
 @pytest.mark.parametrize(
-    "args",
+    ("args", "words"),
     [
-        ["serve", "--fault", "no-such=1"],
-        ["serve", "--fault", "throttle"],
-        ["serve", "--fault", "throttle=2"],
-        ["serve", "--latency", "soon"],
-        ["serve", "--access-key", "only-the-access-key"],
-        ["serve", "--fill", "nope"],
-        ["serve", "--query-shape", "tuple"],
-        ["serve", "--max-connections", "0"],
-        [],
+        (["serve", "--fault", "no-such=1"], "--fault: 'no-such=1': expected NAME=RATE"),
+        (["serve", "--fault", "throttle"], "--fault: 'throttle': expected NAME=RATE"),
+        (["serve", "--fault", "throttle=2"], "--fault: 'throttle=2': RATE must be in 0..1"),
+        (["serve", "--latency", "soon"], "--latency: latency 'soon' is not S or MIN-MAX"),
+        (["serve", "--access-key", "only-the-access-key"], "--access-key and --secret-key go"),
+        (["serve", "--fill", "nope"], "--fill: invalid choice: 'nope'"),
+        (["serve", "--query-shape", "tuple"], "--query-shape: invalid choice: 'tuple'"),
+        (["serve", "--max-connections", "0"], "--max-connections: '0' is not a whole number"),
+        ([], "the following arguments are required: COMMAND"),
     ],
 )
-def test_bad_arguments_exit_2(args, capsys):
+def test_bad_arguments_exit_2_naming_the_argument_and_the_rule(args, words, capsys, monkeypatch):
+    monkeypatch.delenv("KLING_SECRET_KEY", raising=False)
     with pytest.raises(SystemExit) as exited:
         main(args)
     assert exited.value.code == 2
+    assert words in capsys.readouterr().err
 
 
 def test_latency_takes_seconds_or_a_uniform_range():

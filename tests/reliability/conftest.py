@@ -1,17 +1,12 @@
-"""Shared by the reliability suite: the account's keys, distinct pictures, a local server."""
+"""Shared by the reliability suite: a local server with short, varied tasks."""
 
 from __future__ import annotations
 
 import random
 from typing import Any
 
-import pytest
-
 from kling_expand_plugin.localserver import LocalServer
-
-ACCESS_KEY = "reliability-access-key"
-SECRET_KEY = "reliability-SECRET-KEY-5f0c2a9e7b1d"
-KEYS = {"KLING_ACCESS_KEY": ACCESS_KEY, "KLING_SECRET_KEY": SECRET_KEY}
+from tests.servers import fast_server
 
 
 def varied_latency(rng: random.Random) -> float:
@@ -20,21 +15,12 @@ def varied_latency(rng: random.Random) -> float:
 
 
 def local_server(**options: Any) -> LocalServer:
-    """A LocalServer with the suite's keys, the fast fill and short, varied tasks."""
+    """A LocalServer with the test keys, the fast fill and short, varied tasks."""
     settings: dict[str, Any] = {
         "latency": varied_latency,
         "concurrency": 8,
-        "fill_method": "fast",
         "seed": 11,
         "slow_create_delay": 1.0,
         **options,
     }
-    return LocalServer(access_key=ACCESS_KEY, secret_key=SECRET_KEY, **settings)
-
-
-@pytest.fixture
-def credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The local server's keys in the environment, where the stage reads them."""
-    for name, value in KEYS.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("KLING_API_KEY", raising=False)
+    return fast_server(**settings)

@@ -18,7 +18,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 import requests
@@ -26,7 +26,7 @@ import requests
 from imgpipe import Item
 from kling_expand_plugin.kling import webhooks
 from kling_expand_plugin.outpaint.stage import OutpaintStage
-from tests.helpers import free_port, picture
+from tests.helpers import Loopback, free_port, picture
 
 from .conftest import local_server
 
@@ -114,19 +114,13 @@ def relay_server(relay: Relay) -> Iterator[str]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with Loopback(Handler) as server:
+        yield server.url
 
 
 @pytest.mark.timeout(60)
 def test_forged_replayed_stale_and_unsigned_deliveries_are_refused_mid_batch(
-    credentials, tmp_path, monkeypatch
+    kling_env, tmp_path, monkeypatch
 ):
     monkeypatch.setenv("KLING_WEBHOOK_SECRET", SECRET)
     port = free_port()

@@ -13,9 +13,10 @@ import time
 import pytest
 from PIL import Image
 
-from tests.helpers import picture
+from tests.helpers import picture, write_pipeline
+from tests.servers import keys_env
 
-from .conftest import KEYS, local_server
+from .conftest import local_server
 
 IMAGES = 60
 SLOTS = 4
@@ -33,23 +34,6 @@ FAULTS = {
 }
 """Every fault of requests and downloads; failed tasks are the fault matrix's business."""
 
-CONFIG = """
-[[stages]]
-stage = "load"
-paths = ["{inputs}"]
-
-[[stages]]
-stage = "outpaint"
-endpoint = "{url}"
-aspect = "16:9"
-concurrency = {slots}
-ledger = "{ledger}"
-
-[[stages]]
-stage = "save"
-folder = "{outputs}"
-"""
-
 
 @pytest.mark.timeout(120)
 def test_sigkill_at_several_points_then_resume_pays_once_and_loses_nothing(tmp_path):
@@ -58,15 +42,14 @@ def test_sigkill_at_several_points_then_resume_pays_once_and_loses_nothing(tmp_p
     for number in range(IMAGES):
         (inputs / f"in{number:03d}.png").write_bytes(picture(number))
     with local_server(concurrency=SLOTS, latency=0.3, faults=FAULTS) as server:
-        config = tmp_path / "pipeline.toml"
-        config.write_text(
-            CONFIG.format(
-                inputs=inputs, url=server.url, slots=SLOTS, ledger=ledger, outputs=outputs
-            )
+        config = write_pipeline(
+            tmp_path / "pipeline.toml",
+            [str(inputs)],
+            {"endpoint": server.url, "aspect": "16:9", "concurrency": SLOTS, "ledger": str(ledger)},
+            {"folder": str(outputs)},
         )
         command = [sys.executable, "-m", "imgpipe.cli", "run", str(config)]
-        env = {**os.environ, **KEYS}
-        env.pop("KLING_API_KEY", None)
+        env = keys_env()
         killed_with_work_left = 0
         for delay in KILL_AFTER:
             process = subprocess.Popen(

@@ -41,9 +41,7 @@ def test_the_rates_switch_every_fault_on():
 
 @pytest.mark.timeout(150)
 @pytest.mark.parametrize("callback", [None, "127.0.0.1:0"], ids=["polling", "callbacks"])
-def test_every_input_is_accounted_for_under_every_fault(
-    credentials, tmp_path, monkeypatch, callback
-):
+def test_every_input_is_accounted_for_under_every_fault(kling_env, tmp_path, monkeypatch, callback):
     monkeypatch.setenv("KLING_WEBHOOK_SECRET", WEBHOOK_SECRET)
     inputs = [Item(f"in{number:03d}.png", picture(number)) for number in range(IMAGES)]
     with local_server(concurrency=SLOTS, faults=RATES, webhook_secret=WEBHOOK_SECRET) as server:

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
@@ -37,11 +36,12 @@ from kling_expand_plugin.localserver import LocalServer
 from kling_expand_plugin.outpaint.api import by_source, expand_many
 from kling_expand_plugin.outpaint.expansion import _next_input, _result_bytes
 from kling_expand_plugin.outpaint.stage import OutpaintStage
-from tests.helpers import free_port, picture
+from tests.helpers import Loopback, free_port, picture, wait_until
+from tests.servers import ACCESS_KEY, SECRET_KEY, keys_env
 
-from .conftest import ACCESS_KEY, KEYS, SECRET_KEY, local_server
+from .conftest import local_server
 
-pytestmark = pytest.mark.usefixtures("credentials")
+pytestmark = pytest.mark.usefixtures("kling_env")
 
 
 def paid_server(**options) -> LocalServer:
@@ -59,10 +59,6 @@ def items(count: int, first: int = 0) -> list[Item]:
 
 def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "kling_expand_plugin.cli", *args]
-
-
-def cli_env() -> dict[str, str]:
-    return {**os.environ, **KEYS}
 
 
 # -- 1. every check that can refuse a result runs before the create ------------------------------
@@ -210,7 +206,7 @@ def test_three_processes_on_one_ledger_create_one_task(tmp_path):
                     str(tmp_path / f"out{n}"),
                     "--quiet",
                 ),
-                env=cli_env(),
+                env=keys_env(),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
             )
@@ -304,18 +300,12 @@ def test_a_url_whose_content_changed_is_expanded_anew(tmp_path):
         def log_message(self, *args: object) -> None:
             pass
 
-    images = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=images.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{images.server_address[1]}/photo.png"
-    try:
-        with paid_server(latency=0.05) as server:
-            [first] = list(stage(server.url, tmp_path / "l.sqlite")([Item("photo.png", url)]))
-            content["body"] = picture(2)
-            [second] = list(stage(server.url, tmp_path / "l.sqlite")([Item("photo.png", url)]))
-            stats = server.stats()
-    finally:
-        images.shutdown()
-        images.server_close()
+    with Loopback(Handler) as images, paid_server(latency=0.05) as server:
+        url = f"{images.url}/photo.png"
+        [first] = list(stage(server.url, tmp_path / "l.sqlite")([Item("photo.png", url)]))
+        content["body"] = picture(2)
+        [second] = list(stage(server.url, tmp_path / "l.sqlite")([Item("photo.png", url)]))
+        stats = server.stats()
     assert len(stats["create_attempts_by_external_id"]) == 2
     first_ids = first.metadata["outpaint"]["external_task_ids"]
     assert first_ids != second.metadata["outpaint"]["external_task_ids"]
@@ -330,19 +320,16 @@ def test_ctrl_c_stops_new_creates_and_exits_within_seconds(tmp_path):
     for number in range(4):
         (folder / f"p{number}.png").write_bytes(picture(number))
     ledger = tmp_path / "ledger.sqlite"
-    with paid_server(latency=20.0, concurrency=1) as server:
+    # Tasks far longer than the wait for the exit below: only leaving without them ends in time.
+    with paid_server(latency=120.0, concurrency=1) as server:
         process = subprocess.Popen(
             cli("expand", str(folder), "--aspect", "16:9", "--endpoint", server.url,
                 "--concurrency", "1", "--ledger", str(ledger), "--out", str(tmp_path / "out")),
-            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=keys_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
-        deadline = time.monotonic() + 20
-        while sum(server.stats()["tasks"].values()) < 1 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: sum(server.stats()["tasks"].values()) >= 1, timeout=20)
         process.send_signal(signal.SIGINT)
-        stopped = time.monotonic()
         code = process.wait(timeout=15)
-        took = time.monotonic() - stopped
         time.sleep(1.0)
         stats = server.stats()
         stderr = process.stderr.read() if process.stderr else ""
@@ -351,7 +338,6 @@ def test_ctrl_c_stops_new_creates_and_exits_within_seconds(tmp_path):
         entries = resumed.counts()
         resumed.close()
     assert code == 130, stderr
-    assert took < 8, took
     assert sum(stats["tasks"].values()) == 1
     assert entries in ({"submitted": 1}, {"processing": 1})  # nothing left "in doubt"
     assert "stopping" in stderr

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 import re
 import subprocess
 import sys
@@ -20,9 +19,10 @@ import pytest
 
 from imgpipe import Item
 from kling_expand_plugin.outpaint.stage import OutpaintStage
-from tests.helpers import picture
+from tests.helpers import picture, write_pipeline
+from tests.servers import SECRET_KEY, keys_env
 
-from .conftest import KEYS, SECRET_KEY, local_server
+from .conftest import local_server
 
 WEBHOOK_KEY = b"reliability-WEBHOOK-raw-key-0042"
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(WEBHOOK_KEY).decode()
@@ -36,25 +36,6 @@ FAULTS = {
     "callback-repeat": 0.2,
 }
 """Faults, so that the error paths (the likeliest to leak) are logged too."""
-
-CONFIG = """
-[[stages]]
-stage = "load"
-paths = ["{inputs}"]
-
-[[stages]]
-stage = "outpaint"
-endpoint = "{url}"
-aspect = "16:9"
-n = 2
-concurrency = 4
-callback = "127.0.0.1:0"
-ledger = "{ledger}"
-
-[[stages]]
-stage = "save"
-folder = "{outputs}"
-"""
 
 
 def leaks(data: bytes) -> list[str]:
@@ -83,12 +64,18 @@ def test_a_debug_batch_leaks_no_secret_anywhere(tmp_path, caplog):
     inputs.mkdir()
     for number in range(16):
         (inputs / f"in{number:02d}.png").write_bytes(picture(number))
-    env = {**os.environ, **KEYS, "KLING_WEBHOOK_SECRET": WEBHOOK_SECRET}
-    env.pop("KLING_API_KEY", None)
+    env = keys_env(KLING_WEBHOOK_SECRET=WEBHOOK_SECRET)
     with local_server(concurrency=4, faults=FAULTS, webhook_secret=WEBHOOK_SECRET) as server:
-        config = tmp_path / "pipeline.toml"
-        config.write_text(
-            CONFIG.format(inputs=inputs, url=server.url, ledger=ledger, outputs=outputs)
+        outpaint = {
+            "endpoint": server.url,
+            "aspect": "16:9",
+            "n": 2,
+            "concurrency": 4,
+            "callback": "127.0.0.1:0",
+            "ledger": str(ledger),
+        }
+        config = write_pipeline(
+            tmp_path / "pipeline.toml", [str(inputs)], outpaint, {"folder": str(outputs)}
         )
         command = [sys.executable, "-m", "imgpipe.cli", "-vv", "run", str(config)]
         done = subprocess.run(command, env=env, capture_output=True, timeout=80)
@@ -111,7 +98,7 @@ def test_a_debug_batch_leaks_no_secret_anywhere(tmp_path, caplog):
 
 @pytest.mark.timeout(60)
 def test_the_python_api_leaks_no_secret_in_results_repr_or_logs(
-    tmp_path, caplog, credentials, monkeypatch
+    tmp_path, caplog, kling_env, monkeypatch
 ):
     caplog.set_level(logging.DEBUG)
     monkeypatch.setenv("KLING_WEBHOOK_SECRET", WEBHOOK_SECRET)
