@@ -144,6 +144,7 @@ BAD = {
     "callback": "8787",
     "callback_url": "example.com",
     "timeout": 0.5,
+    "attempts": 0,
     "blend": 1.5,
     "animated": "all",
     "background": "nocolour",

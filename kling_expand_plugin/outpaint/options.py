@@ -319,6 +319,10 @@ OPTIONS: tuple[Option, ...] = (
         flag=RUNNING,
     ),
     Option(
+        "attempts", int, 5, "tries of each API call and download, the first included (default 5)",
+        low=1, high=50, flag=RUNNING,
+    ),
+    Option(
         "blend", int, 8, "seam blend width in pixels (default 8)", low=0, high=256,
         flag=RUNNING,
     ),

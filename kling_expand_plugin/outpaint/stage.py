@@ -104,6 +104,7 @@ class OutpaintStage:
         self.order: str = values["order"]
         self.on_error: str = values["on_error"]
         self.timeout: float = values["timeout"]
+        self.attempts: int = values["attempts"]
         self.budget: float | Budget | None = values["budget"]
         self.local_latency: float = values["local_latency"]
         self.retry_failed: bool = values["retry_failed"]
@@ -249,7 +250,7 @@ class OutpaintStage:
                 url,
                 credentials,
                 pool_size=self.concurrency * 2,
-                retry=RetryPolicy(retry_concurrency=False),
+                retry=RetryPolicy(attempts=self.attempts, retry_concurrency=False),
             )
         )
         ledger = open_ledger(
