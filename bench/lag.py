@@ -45,8 +45,8 @@ noticed: dict[str, tuple[float, float]] = {}
 _original_wait = TaskRunner._wait
 
 
-def _timed_wait(self: TaskRunner, task: Task) -> Task:
-    finished = _original_wait(self, task)
+def _timed_wait(self: TaskRunner, task: Task, work_id: str) -> Task:
+    finished = _original_wait(self, task, work_id)
     assert finished.updated_at is not None
     noticed[finished.task_id] = (finished.updated_at / 1000, time.time())
     return finished
