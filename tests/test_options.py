@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import typing
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from imgpipe import OptionError
 from kling_expand_plugin.cli import build_parser
 from kling_expand_plugin.cli.stage_flags import stage_options
-from kling_expand_plugin.outpaint.api import expand, expand_many
+from kling_expand_plugin.outpaint.api import StageOptions, expand, expand_many
 from kling_expand_plugin.outpaint.options import HIDDEN, OPTIONS, check_options
 from kling_expand_plugin.outpaint.stage import OutpaintStage
 
@@ -66,6 +67,12 @@ def test_the_python_api_takes_every_option_with_the_schema_s_type_and_default(fu
         if option.name != "on_error"
     ]
     assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in parameters.values())
+
+
+def test_the_python_api_s_typed_keywords_are_the_schema_s():
+    assert typing.get_type_hints(StageOptions) == {
+        option.name: option.type for option in OPTIONS if option.name != "on_error"
+    }
 
 
 def test_every_option_but_three_is_a_flag_of_expand_with_the_schema_s_help():

@@ -1,19 +1,20 @@
 """The Python API: expand one image, or stream a batch, without writing a pipeline.
 
 Both functions build an `OutpaintStage` from their keyword arguments and default to the local
-server, so nothing is paid for unless an endpoint URL is named. Their keyword parameters are
-written out, so that an editor and mypy see them; tests/test_options.py holds them to the
-stage's option schema (`options.OPTIONS`).
+server, so nothing is paid for unless an endpoint URL is named. Their keywords are the stage's
+options: `help()` and `inspect.signature` show them with their defaults (a signature made from
+`options.OPTIONS`), and editors and mypy see their names and types (`StageOptions`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path, PurePosixPath
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypedDict, Unpack
 from urllib.parse import urlsplit
 
 from PIL import Image
@@ -21,7 +22,7 @@ from PIL import Image
 from imgpipe import Item
 from kling_expand_plugin.batch.budget import Budget
 from kling_expand_plugin.batch.slots import Slots
-from kling_expand_plugin.imaging.prepare import DEFAULT_MAX_PIXELS
+from kling_expand_plugin.outpaint.options import SIGNATURE
 from kling_expand_plugin.outpaint.stage import OutpaintStage
 
 Source = str | os.PathLike[str] | bytes | Image.Image
@@ -46,47 +47,50 @@ class Expanded(NamedTuple):
         return self.error is None
 
 
-def expand(
-    image: Source,
-    *,
-    endpoint: str = "local",
-    aspect: str | float | None = None,
-    area: float | str | None = None,
-    size: str | list[int] | None = None,
-    ratios: list[float] | dict[str, float] | None = None,
-    anchor: str | list[float] = "center",
-    max_passes: int = 1,
-    aspect_policy: str = "pad",
-    n: int = 1,
-    prompt: str = "",
-    watermark: bool = False,
-    concurrency: int = 4,
-    order: str = "input",
-    ledger: str = "auto",
-    budget: float | Budget | None = None,
-    retry_failed: bool = False,
-    recreate_lost: bool | None = None,
-    callback: str | None = None,
-    callback_url: str | None = None,
-    timeout: float = 6 * 3600,
-    attempts: int = 5,
-    blend: int = 8,
-    colour_match: bool = False,
-    animated: str = "first",
-    background: str | list[int] = "white",
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    max_upload_pixels: int | None = None,
-    local_latency: float = 1.0,
-    format: str = "auto",
-    quality: int = 92,
-    png_compression: int = 1,
-    slots: Slots | None = None,
-) -> list[Image.Image]:
+class StageOptions(TypedDict, total=False):
+    """The stage's options as keywords, for editors and mypy: each as `options.OPTIONS` (the
+    README's table) names and types it, with its default there; tests/test_options.py holds the
+    two the same."""
+
+    endpoint: str
+    aspect: str | float | None
+    area: float | str | None
+    size: str | list[int] | None
+    ratios: list[float] | dict[str, float] | None
+    anchor: str | list[float]
+    max_passes: int
+    aspect_policy: str
+    n: int
+    prompt: str
+    watermark: bool
+    concurrency: int
+    order: str
+    ledger: str
+    budget: float | Budget | None
+    retry_failed: bool
+    recreate_lost: bool | None
+    callback: str | None
+    callback_url: str | None
+    timeout: float
+    attempts: int
+    blend: int
+    colour_match: bool
+    animated: str
+    background: str | list[int]
+    max_pixels: int
+    max_upload_pixels: int | None
+    local_latency: float
+    format: str
+    quality: int
+    png_compression: int
+    slots: Slots | None
+
+
+def expand(image: Source, **options: Unpack[StageOptions]) -> list[Image.Image]:
     """The `n` expanded versions of one image; raises the error that stopped it, if any.
 
     The keyword options are the stage's (`options.OPTIONS`, the README's table).
     """
-    options = {name: value for name, value in locals().items() if name != "image"}
     [result] = expand_many([image], on_error="raise", **options)
     return result.images
 
@@ -94,39 +98,8 @@ def expand(
 def expand_many(
     images: Iterable[Source] | Mapping[str, Source],
     *,
-    endpoint: str = "local",
-    aspect: str | float | None = None,
-    area: float | str | None = None,
-    size: str | list[int] | None = None,
-    ratios: list[float] | dict[str, float] | None = None,
-    anchor: str | list[float] = "center",
-    max_passes: int = 1,
-    aspect_policy: str = "pad",
-    n: int = 1,
-    prompt: str = "",
-    watermark: bool = False,
-    concurrency: int = 4,
-    order: str = "input",
     on_error: str = "passthrough",
-    ledger: str = "auto",
-    budget: float | Budget | None = None,
-    retry_failed: bool = False,
-    recreate_lost: bool | None = None,
-    callback: str | None = None,
-    callback_url: str | None = None,
-    timeout: float = 6 * 3600,
-    attempts: int = 5,
-    blend: int = 8,
-    colour_match: bool = False,
-    animated: str = "first",
-    background: str | list[int] = "white",
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    max_upload_pixels: int | None = None,
-    local_latency: float = 1.0,
-    format: str = "auto",
-    quality: int = 92,
-    png_compression: int = 1,
-    slots: Slots | None = None,
+    **options: Unpack[StageOptions],
 ) -> Iterator[Expanded]:
     """Expand a batch, yielding one `Expanded` per input, in input order, as each finishes.
 
@@ -136,10 +109,33 @@ def expand_many(
     The other keyword options are the stage's (`options.OPTIONS`, the README's table).
     The stage is built, and its options checked, before the first input is read.
     """
-    options = {name: value for name, value in locals().items() if name != "images"}
     if on_error not in ("passthrough", "raise"):
         raise ValueError(f'on_error must be "passthrough" or "raise", not {on_error!r}')
-    return _expanded(OutpaintStage(**options), _items(images))
+    return _expanded(OutpaintStage(on_error=on_error, **options), _items(images))
+
+
+def _with_options(first: list[inspect.Parameter], return_annotation: Any) -> inspect.Signature:
+    options = [option for option in SIGNATURE.parameters.values() if option.name != "on_error"]
+    return inspect.Signature(first + options, return_annotation=return_annotation)
+
+
+expand.__signature__ = _with_options(  # type: ignore[attr-defined]
+    [inspect.Parameter("image", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Source)],
+    list[Image.Image],
+)
+expand_many.__signature__ = _with_options(  # type: ignore[attr-defined]
+    [
+        inspect.Parameter(
+            "images",
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            annotation=Iterable[Source] | Mapping[str, Source],
+        ),
+        inspect.Parameter(
+            "on_error", inspect.Parameter.KEYWORD_ONLY, default="passthrough", annotation=str
+        ),
+    ],
+    Iterator[Expanded],
+)
 
 
 def _expanded(stage: OutpaintStage, items: Iterable[Item]) -> Iterator[Expanded]:
