@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import ctypes
 import dataclasses
-import functools
 import io
 import itertools
 import logging
@@ -35,6 +33,7 @@ from kling_expand_plugin.batch.ledger import default_path as default_ledger_path
 from kling_expand_plugin.batch.slots import Slots
 from kling_expand_plugin.batch.taskrunner import Budget, BudgetReached, Outcome, TaskRunner
 from kling_expand_plugin.batch.window import windowed_map
+from kling_expand_plugin.imaging.buffers import tune_allocators
 from kling_expand_plugin.imaging.geometry import Box, Canvas, Ratios, canvas_for
 from kling_expand_plugin.imaging.output import (
     NAME_METADATA,
@@ -243,7 +242,7 @@ class OutpaintStage:
         self._times = (0.0, 0.0)
         self._cancelled = threading.Event()
         self.cpu_workers = _cores()
-        _return_large_buffers()
+        tune_allocators()
         self._cpu = threading.BoundedSemaphore(self.cpu_workers)
 
     def cancel(self) -> None:
@@ -578,7 +577,7 @@ class OutpaintStage:
                     n=self.n if number == 0 else 1,
                     watermark=self.watermark,
                 )
-                if number == 0 and upload.url is not None:  # a URL is known by its content
+                if number == 0:  # known by its content (a URL's, too); not decoded again
                     request = dataclasses.replace(
                         request,
                         external_task_id=ExpandRequest.external_id_for(
@@ -602,20 +601,6 @@ class OutpaintStage:
             with self._cpu_worker(runner):
                 inputs = [_next_input(_open(output), sizes[number]) for output in outputs]
         raise AssertionError("unreachable: the loop returns after the last pass")
-
-
-@functools.cache
-def _return_large_buffers() -> None:
-    """Have glibc give large freed buffers (decoded images: 144 MB for a 48 MP canvas) back
-    to the system at once. By default it raises its mmap threshold after a large free and keeps
-    later ones in its heaps, so a process's peak grows with the images it has seen, not with
-    what is live (measured: 4 photos, 1756 MiB by default, 1423 MiB so)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc
-        return
-    m_mmap_threshold = -3
-    libc.mallopt(m_mmap_threshold, 1 << 20)
 
 
 def _cores() -> int:
