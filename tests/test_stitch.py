@@ -8,10 +8,11 @@ import numpy as np
 from PIL import Image
 
 from imgpipe import Item
+from kling_expand_plugin.imaging.decode import decode
 from kling_expand_plugin.imaging.geometry import Ratios
-from kling_expand_plugin.imaging.plan import Target, plan_expansion
-from kling_expand_plugin.imaging.prepare import decode
+from kling_expand_plugin.imaging.plan import plan_expansion
 from kling_expand_plugin.imaging.stitch import generated_mask, stitch
+from kling_expand_plugin.imaging.target import Target
 
 
 def original_and_plan(size=(400, 300)):

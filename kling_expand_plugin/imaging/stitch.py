@@ -10,9 +10,10 @@ import zlib
 import numpy as np
 from PIL import Image, ImageCms, ImageStat
 
+from kling_expand_plugin.imaging.colour import SRGB
+from kling_expand_plugin.imaging.decode import Decoded
 from kling_expand_plugin.imaging.geometry import Box, Canvas
 from kling_expand_plugin.imaging.plan import Plan
-from kling_expand_plugin.imaging.prepare import SRGB, Decoded
 
 
 def canvas_at_original(canvas: Canvas, scale: float, original_size: tuple[int, int]) -> Canvas:
