@@ -25,8 +25,9 @@ from PIL import Image
 import imgpipe.item
 from imgpipe import FetchError, Item, redact_url
 from imgpipe.stages.load import load
-from kling_expand_plugin.imaging.plan import Target
-from kling_expand_plugin.imaging.prepare import FitError, prepare
+from kling_expand_plugin.imaging.prepare import prepare
+from kling_expand_plugin.imaging.refusals import FitError
+from kling_expand_plugin.imaging.target import Target
 
 pytestmark = pytest.mark.slow  # servers that drip and never stop; deadlines of a second
 

@@ -17,9 +17,9 @@ from urllib.parse import urlsplit
 
 from imgpipe import ConfigError, Item
 from imgpipe.stages.load import load
+from kling_expand_plugin.imaging.decode import ANIMATED_POLICIES
 from kling_expand_plugin.imaging.output import NAME_METADATA, OUTPUT_FORMATS, Namer
-from kling_expand_plugin.imaging.plan import ANCHORS, ASPECT_POLICIES, MAX_AREA
-from kling_expand_plugin.imaging.prepare import ANIMATED_POLICIES
+from kling_expand_plugin.imaging.target import ANCHORS, ASPECT_POLICIES, MAX_AREA
 from kling_expand_plugin.kling.auth import Credentials
 from kling_expand_plugin.kling.client import KlingClient
 from kling_expand_plugin.kling.errors import (

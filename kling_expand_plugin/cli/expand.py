@@ -38,7 +38,8 @@ from kling_expand_plugin.cli.common import (
     units,
 )
 from kling_expand_plugin.imaging.output import NAME_METADATA, megabytes, result_key
-from kling_expand_plugin.imaging.prepare import FitError, prepare
+from kling_expand_plugin.imaging.prepare import prepare
+from kling_expand_plugin.imaging.refusals import FitError
 from kling_expand_plugin.kling.client import DEFAULT_BASE_URL
 from kling_expand_plugin.outpaint.api import by_source, failure_of
 from kling_expand_plugin.outpaint.report import ContactSheet

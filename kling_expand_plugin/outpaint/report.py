@@ -21,7 +21,8 @@ from urllib.parse import quote
 from PIL import Image, ImageDraw, ImageFont
 
 from imgpipe import Item
-from kling_expand_plugin.imaging.prepare import FitError, decode
+from kling_expand_plugin.imaging.decode import decode
+from kling_expand_plugin.imaging.refusals import FitError
 
 THUMB_SIZE = (256, 160)
 FILES = "report-files"

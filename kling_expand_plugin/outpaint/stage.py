@@ -34,6 +34,13 @@ from kling_expand_plugin.batch.slots import Slots
 from kling_expand_plugin.batch.taskrunner import Budget, BudgetReached, Outcome, TaskRunner
 from kling_expand_plugin.batch.window import windowed_map
 from kling_expand_plugin.imaging.buffers import tune_allocators
+from kling_expand_plugin.imaging.decode import (
+    ANIMATED_POLICIES,
+    DEFAULT_MAX_PIXELS,
+    Decoded,
+    FitOptions,
+    decode,
+)
 from kling_expand_plugin.imaging.geometry import Box, Canvas, Ratios, canvas_for
 from kling_expand_plugin.imaging.output import (
     NAME_METADATA,
@@ -45,29 +52,23 @@ from kling_expand_plugin.imaging.output import (
     estimated_bytes,
     result_key,
 )
-from kling_expand_plugin.imaging.plan import (
+from kling_expand_plugin.imaging.plan import Plan, plan_expansion
+from kling_expand_plugin.imaging.prepare import (
+    Upload,
+    encode_within_limit,
+    prepare,
+    prepare_as_sent,
+)
+from kling_expand_plugin.imaging.refusals import FitError
+from kling_expand_plugin.imaging.stitch import mask_png, stitch
+from kling_expand_plugin.imaging.target import (
     MAX_AREA,
-    Plan,
     PlanError,
     Target,
     parse_anchor,
     parse_aspect,
     parse_size,
-    plan_expansion,
 )
-from kling_expand_plugin.imaging.prepare import (
-    ANIMATED_POLICIES,
-    DEFAULT_MAX_PIXELS,
-    Decoded,
-    FitError,
-    FitOptions,
-    Upload,
-    decode,
-    encode_within_limit,
-    prepare,
-    prepare_as_sent,
-)
-from kling_expand_plugin.imaging.stitch import mask_png, stitch
 from kling_expand_plugin.kling import limits
 from kling_expand_plugin.kling.auth import Credentials
 from kling_expand_plugin.kling.client import ExpandRequest, KlingClient, RetryPolicy
