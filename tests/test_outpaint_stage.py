@@ -15,7 +15,7 @@ from PIL import Image
 
 from imgpipe import ConfigError, Item, make_plugin_manager, parse_config
 from imgpipe.runner import build_pipeline, failures_of, run_pipeline, run_stages
-from kling_expand_plugin.imaging.prepare import FitError
+from kling_expand_plugin.imaging.refusals import FitError
 from kling_expand_plugin.outpaint.stage import OutpaintStage
 
 ROOT = Path(__file__).parents[1]

@@ -5,16 +5,14 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from kling_expand_plugin.imaging.geometry import Ratios, canvas_for
-from kling_expand_plugin.imaging.plan import (
+from kling_expand_plugin.imaging.plan import Plan, plan_expansion, ratios_for_aspect
+from kling_expand_plugin.imaging.target import (
     ANCHORS,
-    Plan,
     PlanError,
     Target,
     parse_anchor,
     parse_aspect,
     parse_size,
-    plan_expansion,
-    ratios_for_aspect,
 )
 from kling_expand_plugin.kling import limits
 

@@ -11,8 +11,10 @@ import pytest
 from PIL import Image
 
 from imgpipe import Item
-from kling_expand_plugin.imaging.plan import Target
-from kling_expand_plugin.imaging.prepare import FitError, FitOptions, decode, prepare
+from kling_expand_plugin.imaging.decode import FitOptions, decode
+from kling_expand_plugin.imaging.prepare import prepare
+from kling_expand_plugin.imaging.refusals import FitError
+from kling_expand_plugin.imaging.target import Target
 from kling_expand_plugin.kling import limits
 from kling_expand_plugin.kling.auth import Credentials
 from kling_expand_plugin.kling.client import ExpandRequest, KlingClient
@@ -238,8 +240,8 @@ def test_a_refusal_quotes_the_inputs_own_size_not_the_upscaled_one(size, target,
 
 
 def test_a_jpeg_sent_as_it_is_is_planned_without_a_full_decode():
-    from kling_expand_plugin.imaging.plan import parse_aspect
     from kling_expand_plugin.imaging.prepare import prepare_as_sent
+    from kling_expand_plugin.imaging.target import parse_aspect
 
     data = encode(photo((900, 600)), "JPEG", quality=90)
     target = Target(aspect=parse_aspect("16:9"), area=2.0)
@@ -260,8 +262,8 @@ def test_a_jpeg_sent_as_it_is_is_planned_without_a_full_decode():
     ],
 )
 def test_anything_else_takes_the_full_decode(make):
-    from kling_expand_plugin.imaging.plan import parse_aspect
     from kling_expand_plugin.imaging.prepare import prepare_as_sent
+    from kling_expand_plugin.imaging.target import parse_aspect
 
     target = Target(aspect=parse_aspect("16:9"), area=2.0)
     assert prepare_as_sent(Item("x.jpg", make()), target) is None

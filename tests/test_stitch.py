@@ -8,10 +8,11 @@ import numpy as np
 from PIL import Image
 
 from imgpipe import Item
+from kling_expand_plugin.imaging.decode import decode
 from kling_expand_plugin.imaging.geometry import Ratios
-from kling_expand_plugin.imaging.plan import Target, plan_expansion
-from kling_expand_plugin.imaging.prepare import decode
+from kling_expand_plugin.imaging.plan import plan_expansion
 from kling_expand_plugin.imaging.stitch import generated_mask, stitch
+from kling_expand_plugin.imaging.target import Target
 
 
 def original_and_plan(size=(400, 300)):
@@ -95,7 +96,12 @@ def test_the_mask_png_is_the_mask():
     from kling_expand_plugin.imaging.geometry import Box, Canvas
     from kling_expand_plugin.imaging.stitch import mask_png
 
-    for canvas in (Canvas(1001, 37, Box(3, 5, 990, 20)), Canvas(9, 9, Box(0, 0, 9, 9))):
+    canvases = (
+        Canvas(1001, 37, Box(3, 5, 990, 20)),
+        Canvas(9, 9, Box(0, 0, 9, 9)),
+        Canvas(40, 900, Box(3, 270, 30, 300)),  # more rows of each kind than are fed at once
+    )
+    for canvas in canvases:
         written = Image.open(io.BytesIO(mask_png(canvas)))
         assert written.mode == "1" and written.size == (canvas.width, canvas.height)
         assert written.tobytes() == generated_mask(canvas).tobytes()

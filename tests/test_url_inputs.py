@@ -22,8 +22,9 @@ from PIL import Image
 
 from imgpipe import FetchError, Item, UrlLimits, redact_url
 from imgpipe.stages.load import load
-from kling_expand_plugin.imaging.plan import Target
-from kling_expand_plugin.imaging.prepare import FitError, prepare
+from kling_expand_plugin.imaging.prepare import prepare
+from kling_expand_plugin.imaging.refusals import FitError
+from kling_expand_plugin.imaging.target import Target
 from tests.helpers import Loopback, free_port
 
 pytestmark = pytest.mark.slow  # servers that drip and never stop; deadlines of a second

@@ -29,7 +29,7 @@ from kling_expand_plugin.cli.expand import add_expand
 from kling_expand_plugin.cli.plan import add_plan, add_ratios
 from kling_expand_plugin.cli.serve import add_serve
 from kling_expand_plugin.cli.tasks import add_tasks
-from kling_expand_plugin.imaging.plan import PlanError
+from kling_expand_plugin.imaging.target import PlanError
 from kling_expand_plugin.kling.errors import CredentialsError, KlingError
 
 

@@ -36,7 +36,8 @@ from kling_expand_plugin.cli.common import (
 )
 from kling_expand_plugin.cli.stage_flags import add_stage_flags, stage_options
 from kling_expand_plugin.imaging.output import NAME_METADATA, megabytes, result_key
-from kling_expand_plugin.imaging.prepare import FitError, prepare
+from kling_expand_plugin.imaging.prepare import prepare
+from kling_expand_plugin.imaging.refusals import FitError
 from kling_expand_plugin.outpaint.api import by_source, failure_of
 from kling_expand_plugin.outpaint.report import ContactSheet
 from kling_expand_plugin.outpaint.stage import OutpaintStage

@@ -22,9 +22,11 @@ from kling_expand_plugin.cli.common import (
 from kling_expand_plugin.cli.stage_flags import add_stage_flags, from_text, stage_options
 from kling_expand_plugin.imaging.geometry import canvas_for
 from kling_expand_plugin.imaging.output import estimated_bytes, megabytes
-from kling_expand_plugin.imaging.plan import MAX_AREA, largest_size, parse_aspect, ratios_for_aspect
-from kling_expand_plugin.imaging.prepare import FitError, prepare
+from kling_expand_plugin.imaging.plan import largest_size, ratios_for_aspect
+from kling_expand_plugin.imaging.prepare import prepare
+from kling_expand_plugin.imaging.refusals import FitError
 from kling_expand_plugin.imaging.stitch import canvas_at_original, content_of
+from kling_expand_plugin.imaging.target import MAX_AREA, parse_aspect
 from kling_expand_plugin.outpaint.options import area_text
 from kling_expand_plugin.outpaint.report import format_ratios
 from kling_expand_plugin.outpaint.stage import OutpaintStage

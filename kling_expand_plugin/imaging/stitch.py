@@ -10,9 +10,10 @@ import zlib
 import numpy as np
 from PIL import Image, ImageCms, ImageStat
 
+from kling_expand_plugin.imaging.colour import SRGB
+from kling_expand_plugin.imaging.decode import Decoded
 from kling_expand_plugin.imaging.geometry import Box, Canvas
 from kling_expand_plugin.imaging.plan import Plan
-from kling_expand_plugin.imaging.prepare import SRGB, Decoded
 
 
 def canvas_at_original(canvas: Canvas, scale: float, original_size: tuple[int, int]) -> Canvas:
@@ -108,6 +109,9 @@ def generated_mask(canvas: Canvas) -> Image.Image:
     return mask
 
 
+MASK_ROWS_AT_ONCE = 256
+
+
 def mask_png(canvas: Canvas) -> bytes:
     """`generated_mask(canvas)` as a PNG, written directly: its rows are of two kinds, so this
     takes milliseconds where encoding the image takes a tenth of a second at 48 MP."""
@@ -116,11 +120,19 @@ def mask_png(canvas: Canvas) -> bytes:
     full = b"\0" + row.tobytes()  # filter type 0, then the packed bits
     row.paste(0, (box.left, 0, box.right, 1))
     middle = b"\0" + row.tobytes()
-    raw = full * box.top + middle * box.height + full * (height - box.bottom)
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit grey
+    # Runs of one byte: run-length matching is 3x faster than zlib's default, and smaller. Fed
+    # a few hundred rows at a time, not as one 6 MB buffer of fresh pages.
+    deflate = zlib.compressobj(6, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    parts = [
+        deflate.compress(kind * min(MASK_ROWS_AT_ONCE, count - start))
+        for kind, count in ((full, box.top), (middle, box.height), (full, height - box.bottom))
+        for start in range(0, count, MASK_ROWS_AT_ONCE)
+    ]
+    compressed = b"".join(parts) + deflate.flush()
     return b"\x89PNG\r\n\x1a\n" + b"".join(
         _chunk(kind, data)
-        for kind, data in ((b"IHDR", header), (b"IDAT", zlib.compress(raw, 6)), (b"IEND", b""))
+        for kind, data in ((b"IHDR", header), (b"IDAT", compressed), (b"IEND", b""))
     )
 
 

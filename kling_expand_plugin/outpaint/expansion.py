@@ -23,7 +23,7 @@ from imgpipe import Item
 from kling_expand_plugin.batch.taskrunner import Outcome, TaskRunner
 from kling_expand_plugin.imaging.geometry import Box, Canvas, canvas_for
 from kling_expand_plugin.imaging.output import OutputFormat, Source, encode_result, result_key
-from kling_expand_plugin.imaging.plan import Plan, Target
+from kling_expand_plugin.imaging.plan import Plan
 from kling_expand_plugin.imaging.prepare import (
     Decoded,
     FitError,
@@ -35,6 +35,7 @@ from kling_expand_plugin.imaging.prepare import (
     prepare_as_sent,
 )
 from kling_expand_plugin.imaging.stitch import mask_png, stitch
+from kling_expand_plugin.imaging.target import Target
 from kling_expand_plugin.kling.client import ExpandRequest
 from kling_expand_plugin.kling.download import DEFAULT_MAX_BYTES
 
@@ -215,7 +216,7 @@ class Expansion:
                     n=self.n if number == 0 else 1,
                     watermark=self.watermark,
                 )
-                if number == 0 and upload.url is not None:  # a URL is known by its content
+                if number == 0:  # known by its content (a URL's, too); not decoded again
                     request = dataclasses.replace(
                         request,
                         external_task_id=ExpandRequest.external_id_for(

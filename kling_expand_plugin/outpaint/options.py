@@ -18,9 +18,10 @@ from PIL import ImageColor
 from imgpipe import OptionError
 from kling_expand_plugin.batch.budget import Budget
 from kling_expand_plugin.batch.slots import Slots
+from kling_expand_plugin.imaging.decode import ANIMATED_POLICIES, DEFAULT_MAX_PIXELS
 from kling_expand_plugin.imaging.geometry import Ratios
 from kling_expand_plugin.imaging.output import OUTPUT_FORMATS
-from kling_expand_plugin.imaging.plan import (
+from kling_expand_plugin.imaging.target import (
     ANCHORS,
     ASPECT_POLICIES,
     MAX_AREA,
@@ -28,7 +29,6 @@ from kling_expand_plugin.imaging.plan import (
     parse_aspect,
     parse_size,
 )
-from kling_expand_plugin.imaging.prepare import ANIMATED_POLICIES, DEFAULT_MAX_PIXELS
 from kling_expand_plugin.kling import limits
 from kling_expand_plugin.kling.client import DEFAULT_BASE_URL
 

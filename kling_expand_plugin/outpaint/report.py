@@ -21,7 +21,8 @@ from PIL import Image
 
 from imgpipe import Item
 from imgpipe.files import write_atomically
-from kling_expand_plugin.imaging.prepare import FitError, decode
+from kling_expand_plugin.imaging.decode import decode
+from kling_expand_plugin.imaging.refusals import FitError
 from kling_expand_plugin.outpaint.report_png import THUMB_SIZE, draw_sheet, printable
 
 FILES = "report-files"

@@ -10,7 +10,7 @@ from PIL import Image
 
 from imgpipe import OptionError
 from kling_expand_plugin import expand, expand_many
-from kling_expand_plugin.imaging.prepare import FitError
+from kling_expand_plugin.imaging.refusals import FitError
 
 from .conftest import noisy_image
 

@@ -25,8 +25,10 @@ from hypothesis import strategies as st
 from PIL import EpsImagePlugin, Image
 
 from imgpipe import Item
-from kling_expand_plugin.imaging.plan import Target
-from kling_expand_plugin.imaging.prepare import FitError, FitOptions, decode, prepare
+from kling_expand_plugin.imaging.decode import FitOptions, decode
+from kling_expand_plugin.imaging.prepare import prepare
+from kling_expand_plugin.imaging.refusals import FitError
+from kling_expand_plugin.imaging.target import Target
 
 from . import corpus
 from .corpus import CORPUS, PLANNED, RAMP, picture
