@@ -100,3 +100,47 @@ def test_a_wheel_holds_imgpipe_and_kling_expand_plugin_and_every_subpackage():
         for path in (root / where / top).rglob("*.py")
     }
     assert folders <= packages, folders - packages
+
+
+def _layout_section() -> str:
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    return readme.split("\nLayout", 1)[1].split("\n\n", 2)[1]
+
+
+def test_the_readme_layout_names_every_module_of_each_folder_and_only_those():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    listed: dict[str, set[str]] = {}
+    for entry in re.split(r"\n *- ", "\n" + _layout_section()):
+        folder = re.match(r"`([\w/]+/)`", entry)
+        if folder and folder.group(1).startswith(("hooks/imgpipe/", "kling_expand_plugin/")):
+            listed[folder.group(1)] = set(re.findall(r"`(\w+\.py)`", entry)) - {"__init__.py"}
+    folders = {
+        str(path.parent.relative_to(root)) + "/"
+        for top in ("hooks/imgpipe", "kling_expand_plugin")
+        for path in (root / top).rglob("*.py")
+        if path.parent != root / "kling_expand_plugin"
+    }
+    assert set(listed) == folders
+    for folder, names in listed.items():
+        modules = {p.name for p in (root / folder).glob("*.py")} - {"__init__.py", "__main__.py"}
+        assert names == modules, folder
+
+
+def test_the_architecture_page_names_only_modules_that_exist():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    page = (root / "docs" / "architecture.md").read_text()
+    existing = {
+        path.name
+        for top in ("hooks", "kling_expand_plugin", "tests", "bench")
+        for path in (root / top).rglob("*.py")
+    }
+    named = set(re.findall(r"\b(\w+\.py)\b", page))
+    assert named - existing == set()
