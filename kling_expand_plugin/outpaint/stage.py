@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
 import dataclasses
+import functools
 import io
 import itertools
 import logging
@@ -33,7 +35,6 @@ from kling_expand_plugin.batch.ledger import default_path as default_ledger_path
 from kling_expand_plugin.batch.slots import Slots
 from kling_expand_plugin.batch.taskrunner import Budget, BudgetReached, Outcome, TaskRunner
 from kling_expand_plugin.batch.window import windowed_map
-from kling_expand_plugin.imaging.buffers import tune_allocators
 from kling_expand_plugin.imaging.decode import (
     ANIMATED_POLICIES,
     DEFAULT_MAX_PIXELS,
@@ -243,7 +244,7 @@ class OutpaintStage:
         self._times = (0.0, 0.0)
         self._cancelled = threading.Event()
         self.cpu_workers = _cores()
-        tune_allocators()
+        _return_large_buffers()
         self._cpu = threading.BoundedSemaphore(self.cpu_workers)
 
     def cancel(self) -> None:
@@ -602,6 +603,20 @@ class OutpaintStage:
             with self._cpu_worker(runner):
                 inputs = [_next_input(_open(output), sizes[number]) for output in outputs]
         raise AssertionError("unreachable: the loop returns after the last pass")
+
+
+@functools.cache
+def _return_large_buffers() -> None:
+    """Have glibc give large freed buffers (decoded images: 144 MB for a 48 MP canvas) back
+    to the system at once. By default it raises its mmap threshold after a large free and keeps
+    later ones in its heaps, so a process's peak grows with the images it has seen, not with
+    what is live (measured: 4 photos, 1756 MiB by default, 1423 MiB so)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc
+        return
+    m_mmap_threshold = -3
+    libc.mallopt(m_mmap_threshold, 1 << 20)
 
 
 def _cores() -> int:
