@@ -10,8 +10,9 @@ that every figure is the client's alone:
 - CPU: for each output format, the client's CPU time per photo, for N and for 2N photos (the
   process's start-up and the report are shared by more photos in the second), against Pillow's
   own floor for that photo (decode the input, decode the API's result, encode the output in
-  that format; the least of three tries in this process); goal <= 1.3x. These runs find their
-  tasks done on the server already (the memory runs made them), so no polling is counted.
+  that format; the least of three tries in this process); goal <= 1.3x.
+
+Every run has a server of its own, with no task done yet: the client's figures include polling.
 
 Run: .venv/bin/python bench/photos.py [--n 8] [--formats png,jpeg,webp] [--skip-imgpipe]
 """
@@ -25,6 +26,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +113,16 @@ def run_measured(command: list[str], env: dict[str, str]) -> tuple[float, float,
     return peak_kib / 1024, usage.ru_utime + usage.ru_stime, wall
 
 
+def on_fresh_server(
+    command_for: Callable[[str], list[str]], env: dict[str, str]
+) -> tuple[float, float, float]:
+    """`run_measured` of the command for a new local server's URL: every run starts with no
+    task done (a batch of 2N after N on one server would find N tasks finished, and download
+    their results at once while stitching, which no fresh batch does)."""
+    with server_process(latency=1.0, concurrency=SLOTS) as url:
+        return run_measured(command_for(url), env)
+
+
 def expand_command(url: str, inputs: Path, out: Path, fmt: str | None) -> list[str]:
     command = [*EXPAND, str(inputs), "--aspect", "16:9", "--area", "2"]
     command += ["--concurrency", str(SLOTS), "--endpoint", url, "--out", str(out), "--quiet"]
@@ -170,32 +183,37 @@ def main() -> None:
                 (folder / path.name).symlink_to(path)
             batches[count] = folder
         rows = []
-        with server_process(latency=1.0, concurrency=SLOTS) as url:
+        for count, folder in batches.items():
+            out = root / f"out-expand-{count}"
+            rss, cpu, wall = on_fresh_server(
+                partial(expand_command, inputs=folder, out=out, fmt=None), env
+            )
+            rows.append(("kling-expand expand", count, rss, cpu, wall))
+            print(f"expand  {count:3d} photos: peak {rss:7.0f} MiB  CPU {cpu:6.1f} s  "
+                  f"({cpu / count:.2f} s a photo)  wall {wall:.0f} s", flush=True)  # fmt: skip
+        if not args.skip_imgpipe:
             for count, folder in batches.items():
-                out = root / f"out-expand-{count}"
-                rss, cpu, wall = run_measured(expand_command(url, folder, out, None), env)
-                rows.append(("kling-expand expand", count, rss, cpu, wall))
-                print(f"expand  {count:3d} photos: peak {rss:7.0f} MiB  CPU {cpu:6.1f} s  "
-                      f"({cpu / count:.2f} s a photo)  wall {wall:.0f} s", flush=True)  # fmt: skip
-            if not args.skip_imgpipe:
-                for count, folder in batches.items():
-                    out = root / f"out-imgpipe-{count}"
-                    rss, cpu, wall = run_measured(imgpipe_command(url, folder, out), env)
-                    rows.append(("imgpipe run", count, rss, cpu, wall))
-                    print(f"imgpipe {count:3d} photos: peak {rss:7.0f} MiB  CPU {cpu:6.1f} s  "
-                          f"wall {wall:.0f} s", flush=True)  # fmt: skip
-            cpu_rows = []
-            for fmt in formats:
-                per_photo = []
-                for count, folder in batches.items():
-                    out = root / f"out-{fmt}-{count}"
-                    _, cpu, _ = run_measured(expand_command(url, folder, out, fmt), env)
-                    per_photo.append(cpu / count)
-                result = next(p for p in sorted(out.iterdir()) if p.suffix != ".html")
-                with Image.open(result) as image:
-                    image.load()
-                    floor = pillow_floor(photos[0], image.convert("RGB"), fmt)
-                cpu_rows.append((fmt, per_photo, floor))
+                out = root / f"out-imgpipe-{count}"
+                rss, cpu, wall = on_fresh_server(
+                    partial(imgpipe_command, inputs=folder, out=out), env
+                )
+                rows.append(("imgpipe run", count, rss, cpu, wall))
+                print(f"imgpipe {count:3d} photos: peak {rss:7.0f} MiB  CPU {cpu:6.1f} s  "
+                      f"wall {wall:.0f} s", flush=True)  # fmt: skip
+        cpu_rows = []
+        for fmt in formats:
+            per_photo = []
+            for count, folder in batches.items():
+                out = root / f"out-{fmt}-{count}"
+                _, cpu, _ = on_fresh_server(
+                    partial(expand_command, inputs=folder, out=out, fmt=fmt), env
+                )
+                per_photo.append(cpu / count)
+            result = next(p for p in sorted(out.iterdir()) if p.suffix != ".html")
+            with Image.open(result) as image:
+                image.load()
+                floor = pillow_floor(photos[0], image.convert("RGB"), fmt)
+            cpu_rows.append((fmt, per_photo, floor))
         print()
         print(f"memory ({SIZE[0]} x {SIZE[1]} JPEGs, 16:9 at area 2, K = {SLOTS}):")
         for name in ("kling-expand expand", "imgpipe run"):

@@ -1,5 +1,5 @@
 """Pure functions of pixels and numbers.
 
-Geometry, planning, fitting an input into the API's limits, the local fill, stitching results
-back and encoding them.
+Decoding inputs (guarded), the target and the plan of the calls, fitting an input into the
+API's limits, geometry, the local fill, stitching results back and encoding them.
 """

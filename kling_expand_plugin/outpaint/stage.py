@@ -4,6 +4,8 @@ and slots; a bounded window of items through `expansion`, one item handed on per
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import io
 import itertools
 import logging
@@ -32,7 +34,6 @@ from kling_expand_plugin.batch.ledger import default_path as default_ledger_path
 from kling_expand_plugin.batch.slots import Slots
 from kling_expand_plugin.batch.taskrunner import TaskRunner
 from kling_expand_plugin.batch.window import windowed_map
-from kling_expand_plugin.imaging.buffers import tune_allocators
 from kling_expand_plugin.imaging.decode import FitOptions
 from kling_expand_plugin.imaging.output import (
     NAME_METADATA,
@@ -130,7 +131,7 @@ class OutpaintStage:
         self._times = (0.0, 0.0)
         self._cancelled = threading.Event()
         self.cpu_workers = _cores()
-        tune_allocators()
+        _return_large_buffers()
         self._expand = Expansion(
             target=self.target,
             fit_options=self.fit_options,
@@ -334,6 +335,20 @@ class OutpaintStage:
             except PlanError:
                 pixels = int(size[0] * size[1] * limits.MAX_AREA)
         return EXTENSIONS[pillow_format], estimated_bytes(pixels, self.n, pillow_format)
+
+
+@functools.cache
+def _return_large_buffers() -> None:
+    """Have glibc give large freed buffers (decoded images: 144 MB for a 48 MP canvas) back
+    to the system at once. By default it raises its mmap threshold after a large free and keeps
+    later ones in its heaps, so a process's peak grows with the images it has seen, not with
+    what is live (4 photos: 1756 MiB by default, at most 1423 MiB so)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc
+        return
+    m_mmap_threshold = -3
+    libc.mallopt(m_mmap_threshold, 1 << 20)
 
 
 def _cores() -> int:
