@@ -16,7 +16,7 @@ from .config import load_config
 from .errors import PipelineError
 from .item import Item
 from .manager import make_plugin_manager
-from .registry import Stage, StageInfo
+from .registry import StageInfo
 from .runner import build_pipeline, check_pipeline, failures_of, run_stages
 
 EXIT_OK, EXIT_ITEM_ERRORS, EXIT_CONFIG = 0, 1, 2
@@ -60,9 +60,9 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_OK
         config = load_config(args.config)
         stages = build_pipeline(registry, config)
-        check_pipeline(stages)
+        handed_on = check_pipeline(stages)
         if args.command == "check" or args.dry_run:
-            _show_plan(stages, [stage.stage for stage in config])
+            _show_plan(handed_on, [stage.stage for stage in config])
             return EXIT_OK
         started, count = time.monotonic(), 0
         try:
@@ -121,15 +121,12 @@ def _stage_text(info: StageInfo) -> str:
     return "\n".join(lines)
 
 
-def _show_plan(stages: list[Stage], names: list[str]) -> None:
+def _show_plan(handed_on: list[list[Item] | None], names: list[str]) -> None:
     """What each checked stage would hand on, from the previews the stages offer."""
-    items: list[Item] | None = []
-    for number, (stage, name) in enumerate(zip(stages, names, strict=True), start=1):
-        preview = getattr(stage, "preview", None)
-        items = list(preview(items)) if items is not None and preview is not None else None
+    for number, (items, name) in enumerate(zip(handed_on, names, strict=True), start=1):
         told = "cannot say in advance" if items is None else _count(len(items), "item")
         print(f"stage #{number} {name}: {told}")
-    for item in items or []:
+    for item in handed_on[-1] if handed_on and handed_on[-1] else []:
         print(f"  {item.key}")
     print("checked: nothing was done or paid for")
 

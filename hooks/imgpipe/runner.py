@@ -44,9 +44,11 @@ def build_pipeline(registry: StageRegistry, config: list[StageConfig]) -> list[S
     return stages
 
 
-def check_pipeline(stages: list[Stage], items: Iterable[Item] = ()) -> None:
-    """The checks the stages offer, on the items they would see; ConfigError names the stage."""
+def check_pipeline(stages: list[Stage], items: Iterable[Item] = ()) -> list[list[Item] | None]:
+    """The checks the stages offer, on the items they would see; ConfigError names the stage.
+    Returns what each stage would hand on, from its preview (None where it cannot say)."""
     seen: list[Item] | None = list(items)
+    handed_on: list[list[Item] | None] = []
     for number, stage in enumerate(stages, start=1):
         check = getattr(stage, "check", None)
         if check is not None:
@@ -56,6 +58,8 @@ def check_pipeline(stages: list[Stage], items: Iterable[Item] = ()) -> None:
                 raise ConfigError(f"stage #{number}: {exc}") from exc
         preview = getattr(stage, "preview", None)
         seen = list(preview(seen)) if seen is not None and preview is not None else None
+        handed_on.append(seen)
+    return handed_on
 
 
 def run_stages(stages: list[Stage], items: Iterable[Item] = ()) -> Generator[Item, None, None]:

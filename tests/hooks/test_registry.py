@@ -190,3 +190,25 @@ def test_every_hook_is_documented_in_the_readme():
     assert hooks, "no hookspecs found"
     for name in hooks:
         assert f"`{name}(" in readme, f"hook {name} is not documented in README.md"
+
+
+def test_check_pipeline_previews_each_stage_once_and_returns_what_each_hands_on():
+    from imgpipe.runner import check_pipeline
+
+    calls = []
+
+    class Doubling:
+        def __call__(self, items):
+            return items
+
+        def preview(self, items):
+            calls.append(len(items))
+            return [item for item in items for _ in range(2)]
+
+    class Blind:
+        def __call__(self, items):
+            return items
+
+    handed_on = check_pipeline([Doubling(), Doubling(), Blind()], [Item("a.png", b"")])
+    assert calls == [1, 2]
+    assert [None if items is None else len(items) for items in handed_on] == [2, 4, None]
