@@ -67,9 +67,10 @@ def fetch(url: str, limits: UrlLimits = DEFAULT_URL_LIMITS) -> bytes:
         return left
 
     try:
-        with requests.get(
-            url, stream=True, timeout=(min(connect_timeout, deadline), deadline)
-        ) as response:
+        # Connecting and waiting for the headers share the deadline; the body's reads below
+        # get what is left of it.
+        connect = min(connect_timeout, deadline / 2)
+        with requests.get(url, stream=True, timeout=(connect, deadline - connect)) as response:
             if response.status_code >= 400:
                 raise FetchError(f"{shown}: the server answered HTTP {response.status_code}")
             declared = response.headers.get("Content-Length", "")
