@@ -10,7 +10,7 @@ from typing import Any
 
 from PIL import Image
 
-from .urls import DEFAULT_URL_LIMITS, FetchError, UrlLimits, fetch, redact_url
+from .urls import DEFAULT_URL_LIMITS, FetchError, UrlLimits, fetch, is_url, redact_url
 
 
 @dataclass(repr=False)
@@ -34,7 +34,7 @@ class Item:
     @property
     def is_url(self) -> bool:
         """Whether `image` is an http(s) URL."""
-        return isinstance(self.image, str) and self.image.startswith(("http://", "https://"))
+        return isinstance(self.image, str) and is_url(self.image)
 
     @property
     def source(self) -> str:

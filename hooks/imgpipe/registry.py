@@ -100,9 +100,8 @@ class StageRegistry:
         """Call the stage's factory with `options`; an option it does not take is an error."""
         info = self.get(name)
         known = info.options()
-        takes_any = any(
-            p.kind == p.VAR_KEYWORD for p in inspect.signature(info.factory).parameters.values()
-        )
+        signature = inspect.signature(info.factory)
+        takes_any = any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values())
         for option in options:
             if option not in known and not takes_any:
                 close = difflib.get_close_matches(option, known, n=1)
@@ -112,10 +111,11 @@ class StageRegistry:
                     f"(its options: {', '.join(known) or 'none'})"
                 )
         try:
-            inspect.signature(info.factory).bind(**options)
+            signature.bind(**options)
         except TypeError as exc:
             raise ConfigError(
-                f"stage {name!r}: bad options ({exc}); its options are: {', '.join(known)}"
+                f"stage {name!r}: bad options ({exc}); its options are: "
+                f"{', '.join(known) or 'none'}"
             ) from None
         try:
             return info.factory(**options)

@@ -33,6 +33,11 @@ class FetchError(OSError):
     """A URL input that could not be fetched; the message names the URL with its query redacted."""
 
 
+def is_url(text: str) -> bool:
+    """Whether `text` is an http(s) URL (an input to fetch, not a path)."""
+    return text.startswith(("http://", "https://"))
+
+
 def redact_url(url: str) -> str:
     """`url` fit for logs and messages: each query value and the user info replaced by "..."
     (a pre-signed URL's signature is a credential), the fragment dropped."""

@@ -11,9 +11,10 @@ import logging
 import socket
 import sys
 import threading
-import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
+
+from kling_expand_plugin.localserver.http_io import envelope
 
 if TYPE_CHECKING:
     from kling_expand_plugin.localserver.server import LocalServer
@@ -93,14 +94,8 @@ def _refuse_busy(connection: socket.socket, limit: int) -> None:
     It must not block that thread: a short timeout, and what the client already sent is
     read (without waiting) so that closing does not reset the connection under the answer.
     """
-    body = json.dumps(
-        {
-            "code": 5001,
-            "message": f"server busy: all {limit} connections are in use; retry",
-            "request_id": uuid.uuid4().hex,
-            "data": None,
-        }
-    ).encode()
+    message = f"server busy: all {limit} connections are in use; retry"
+    body = json.dumps(envelope(5001, message, None)).encode()
     head = (
         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"

@@ -23,6 +23,11 @@ DRAIN_LIMIT = 64 * 1024 * 1024
 CHUNK = 64 * 1024
 
 
+def envelope(code: int, message: str, data: Any) -> dict[str, Any]:
+    """The API's answer: its code, message, a fresh request id and its data."""
+    return {"code": code, "message": message, "request_id": uuid.uuid4().hex, "data": data}
+
+
 class Dropped(Exception):
     """Close the connection without an answer (the drop faults, a client that stalled)."""
 
@@ -110,12 +115,8 @@ class EnvelopeHandler(BaseHTTPRequestHandler):
 
     # Writing
 
-    @staticmethod
-    def _envelope(code: int, message: str, data: Any) -> dict[str, Any]:
-        return {"code": code, "message": message, "request_id": uuid.uuid4().hex, "data": data}
-
     def _send_envelope(self, status: int, code: int, message: str, data: Any) -> None:
-        self._send_json(status, self._envelope(code, message, data))
+        self._send_json(status, envelope(code, message, data))
 
     def _send_json(self, status: int, payload: Any) -> None:
         self._send_bytes(status, "application/json", json.dumps(payload).encode())

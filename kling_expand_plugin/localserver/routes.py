@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from kling_expand_plugin.kling import limits
 from kling_expand_plugin.localserver.errors import ApiError, invalid_parameter
-from kling_expand_plugin.localserver.http_io import Dropped, EnvelopeHandler
+from kling_expand_plugin.localserver.http_io import Dropped, EnvelopeHandler, envelope
 from kling_expand_plugin.localserver.validation import (
     fetch_image_url,
     parse_json_object,
@@ -50,7 +50,6 @@ class KlingHandler(EnvelopeHandler):
     # Routing
 
     def _dispatch(self, method: str) -> None:
-        self._unread = 0
         try:
             self._unread = self._body_length()
             self._route(method)
@@ -135,7 +134,7 @@ class KlingHandler(EnvelopeHandler):
         if endpoint == "create" and app.faults.fires("slow-create"):
             app.stopping.wait(app.slow_create_delay)
         if app.faults.fires("bad-json"):
-            text = json.dumps(self._envelope(code, message, data)).encode()
+            text = json.dumps(envelope(code, message, data)).encode()
             self._send_bytes(200, "application/json", text[: len(text) // 2])
             return
         self._send_envelope(status, code, message, data)

@@ -84,6 +84,7 @@ class LocalServer:
         max_connections: int = MAX_CONNECTIONS,
         max_buffered_bytes: int = MAX_BUFFERED_BYTES,
         body_wait: float = 5.0,
+        connection_wait: float = CONNECTION_WAIT,
     ) -> None:
         """`accept_reused_ids`: a create whose external_task_id is already used makes a new
         paid task (the contract does not promise Kling refuses it) instead of answering 1201,
@@ -92,7 +93,8 @@ class LocalServer:
         `query_shape`: "object" (default) answers the single-task query with the task as
         `data`, as real clients read it; "list" answers a list of one task, as the
         documentation's example shows. `body_wait`: seconds a create waits for room among
-        `max_buffered_bytes` before answering 5001 (HTTP 503)."""
+        `max_buffered_bytes` before answering 5001 (HTTP 503); `connection_wait`: seconds a
+        connection beyond `max_connections` waits for a free one before the same answer."""
         if fill_method not in METHODS:
             raise ValueError(f"unknown fill method {fill_method!r}; known: {', '.join(METHODS)}")
         if query_shape not in QUERY_SHAPES:
@@ -114,7 +116,7 @@ class LocalServer:
         self.fetch_timeout = fetch_timeout
         self.query_shape = query_shape
         self.max_connections = max_connections
-        self.connection_wait = CONNECTION_WAIT
+        self.connection_wait = connection_wait
         self.body_budget = ByteBudget(max_buffered_bytes)
         self.body_wait = body_wait
         self._scheduler = Scheduler()

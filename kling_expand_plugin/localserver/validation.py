@@ -214,10 +214,8 @@ def _check_dimensions(width: int, height: int) -> None:
         raise invalid_parameter(f"image aspect ratio {width}:{height} is outside 1:2.5..2.5:1")
 
 
-def fetch_image_url(
-    url: str, *, timeout: float = 10.0, max_bytes: int = limits.MAX_FILE_BYTES
-) -> bytes:
-    """Download an image URL within `timeout` seconds in all, at most `max_bytes` bytes.
+def fetch_image_url(url: str, *, timeout: float = 10.0) -> bytes:
+    """Download an image URL within `timeout` seconds in all, at most the API's 10 MB.
 
     The deadline covers everything (connecting, the headers, the body): a watchdog shuts the
     socket down when it passes, so a body dripped a byte at a time cannot stretch it.
@@ -252,14 +250,16 @@ def fetch_image_url(
         response = connection.getresponse()
         if response.status != 200:
             raise invalid_parameter(f"image URL could not be downloaded: HTTP {response.status}")
-        too_big = invalid_parameter(f"image file is more than {max_bytes} bytes (10 MB)")
+        too_big = invalid_parameter(
+            f"image file is more than {limits.MAX_FILE_BYTES} bytes (10 MB)"
+        )
         declared = response.getheader("Content-Length", "")
-        if declared.isdigit() and int(declared) > max_bytes:
+        if declared.isdigit() and int(declared) > limits.MAX_FILE_BYTES:
             raise too_big
         data = bytearray()
         while chunk := response.read1(65536):
             data += chunk
-            if len(data) > max_bytes:
+            if len(data) > limits.MAX_FILE_BYTES:
                 raise too_big
         if expired.is_set():  # the watchdog's shutdown reads as the end of the body
             raise too_slow

@@ -133,8 +133,7 @@ def test_a_refused_body_is_discarded_and_the_connection_kept(api):
 
 
 def test_connections_beyond_the_limit_wait_then_get_5001(make_api):
-    api = make_api(max_connections=2)
-    api.server.connection_wait = 0.2
+    api = make_api(max_connections=2, connection_wait=0.2)
     threads_before = threading.active_count()
     idle = [_connect(api.server) for _ in range(2)]
     wait_until(lambda: api.server.stats()["connections"]["open"] == 2)
@@ -154,8 +153,7 @@ def test_connections_beyond_the_limit_wait_then_get_5001(make_api):
 
 
 def test_a_waiting_connection_is_served_when_one_frees(make_api):
-    api = make_api(max_connections=1)
-    api.server.connection_wait = 5.0
+    api = make_api(max_connections=1, connection_wait=5.0)
     busy = _connect(api.server)
     wait_until(lambda: api.server.stats()["connections"]["open"] == 1)
     leaving = threading.Event()

@@ -13,7 +13,7 @@ from ..files import escaped, is_inside
 from ..item import Item
 from ..markers import hookimpl
 from ..registry import Register, Stage
-from ..urls import redact_url
+from ..urls import is_url, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def load(
     if not isinstance(paths, list) or not all(isinstance(p, str) and p for p in paths):
         raise OptionError("paths", "must be a path, a glob or a URL, or a list of them")
     for path in paths:
-        local = not _is_url(path) and not glob.has_magic(path)
+        local = not is_url(path) and not glob.has_magic(path)
         if local and not Path(path).exists():
             raise OptionError("paths", f"{path!r} does not exist")
     excluded = [exclude] if isinstance(exclude, str) else list(exclude or [])
@@ -72,27 +72,23 @@ class Load:
         sources: set[str] = set()
         for path in self.paths:
             for key, source in _expand(path, self.recursive, self.hidden):
-                resolved = source if _is_url(source) else str(Path(source).resolve())
+                resolved = source if is_url(source) else str(Path(source).resolve())
                 if resolved in sources:
                     log.warning("load: %s is named twice in paths; loading it once", source)
                     continue
-                if self.exclude and not _is_url(source) and is_inside(Path(resolved), self.exclude):
+                if self.exclude and not is_url(source) and is_inside(Path(resolved), self.exclude):
                     continue
                 sources.add(resolved)
                 key = escaped(key)
                 if key in keys:  # two folders hold the same relative path, or two URLs differ
-                    key = f"{key}#{len(keys)}" if _is_url(source) else escaped(source)
+                    key = f"{key}#{len(keys)}" if is_url(source) else escaped(source)
                 keys.add(key)
-                yield Item(key=key, image=source if _is_url(source) else Path(source))
-
-
-def _is_url(path: str) -> bool:
-    return path.startswith(("http://", "https://"))
+                yield Item(key=key, image=source if is_url(source) else Path(source))
 
 
 def _expand(path: str, recursive: bool, hidden: bool) -> Iterator[tuple[str, str]]:
     """(key, source) for each file `path` names."""
-    if _is_url(path):
+    if is_url(path):
         yield redact_url(path), path
     elif glob.has_magic(path):
         root = _glob_root(path)
