@@ -29,13 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PIL import Image
-
 from kling_expand_plugin.batch.budget import Budget, BudgetReached
 from kling_expand_plugin.batch.ledger import INTENT, Claim, Entry, SqlLedger
 from kling_expand_plugin.batch.slots import Slots
 from kling_expand_plugin.batch.watch import Polling, watch
 from kling_expand_plugin.kling.client import KlingClient
+from kling_expand_plugin.kling.download import check_whole
 from kling_expand_plugin.kling.errors import (
     Cancelled,
     ConcurrencyLimitedError,
@@ -384,8 +383,7 @@ def _never_created(error: BaseException) -> bool:
 def _intact(stored: Path | bytes) -> bool:
     """Whether a stored image is whole (a crash or a full disk can leave it cut)."""
     try:
-        with Image.open(stored if isinstance(stored, Path) else io.BytesIO(stored)) as image:
-            image.verify()
+        check_whole(stored if isinstance(stored, Path) else io.BytesIO(stored))
     except Exception:
         return False
     return True

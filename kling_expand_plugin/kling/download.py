@@ -129,18 +129,24 @@ def _content_length(response: requests.Response) -> int | None:
     return int(value) if value.isdigit() else None
 
 
+def check_whole(image_file: BinaryIO | Path) -> None:
+    """Raise (OSError, SyntaxError, ValueError, DecompressionBombError) unless `image_file` is a
+    whole image: every chunk's checksum for a PNG, a JPEG decoded at an eighth of its size (each
+    cheap next to a full decode, which the stitching does once), anything else decoded."""
+    with Image.open(image_file) as image:
+        if image.format == "PNG":
+            image.verify()
+            return
+        if image.format == "JPEG":
+            image.draft(image.mode, (image.width // 8, image.height // 8))
+        image.load()
+
+
 def _check_image(sink: BinaryIO, shown: str) -> None:
-    """Raise DownloadError unless the bytes in `sink` are a whole image: every chunk's checksum
-    for a PNG, a JPEG decoded at an eighth of its size (each cheap next to a full decode, which
-    the stitching does once)."""
+    """Raise DownloadError unless the bytes in `sink` are a whole image (`check_whole`)."""
     sink.seek(0)
     try:
-        with Image.open(sink) as image:
-            if image.format == "JPEG":
-                image.draft(image.mode, (image.width // 8, image.height // 8))
-                image.load()
-            else:
-                image.verify()
+        check_whole(sink)
     except Image.DecompressionBombError:
         raise DownloadError(f"{shown}: the image has too many pixels") from None
     except (OSError, SyntaxError, ValueError) as exc:

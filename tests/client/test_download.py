@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
+from PIL import Image
 
 from kling_expand_plugin.imaging.geometry import Ratios
 from kling_expand_plugin.kling.client import ExpandRequest
@@ -95,3 +98,14 @@ def test_http_errors_and_retries(make_client):
 def test_only_http_urls(make_client, url):
     with pytest.raises(DownloadError, match=r"http\(s\) only"):
         make_client("http://127.0.0.1:9").download(url)
+
+
+@pytest.mark.parametrize("format", ["PNG", "JPEG"])
+def test_a_stored_result_cut_short_is_not_taken_as_whole(format):
+    from kling_expand_plugin.batch.taskrunner import _intact
+
+    buffer = io.BytesIO()
+    Image.effect_noise((640, 480), 64).convert("RGB").save(buffer, format)
+    whole = buffer.getvalue()
+    assert _intact(whole)
+    assert not _intact(whole[: len(whole) // 2])  # a crash or a full disk cut it
