@@ -144,3 +144,13 @@ def test_the_architecture_page_names_only_modules_that_exist():
     }
     named = set(re.findall(r"\b(\w+\.py)\b", page))
     assert named - existing == set()
+
+
+def test_loading_the_plugin_leaves_the_process_s_warnings_as_they_are():
+    code = (
+        "import warnings; shown = warnings.showwarning\n"
+        "from imgpipe import make_plugin_manager\n"
+        "make_plugin_manager().stages().get('outpaint')\n"
+        "assert warnings.showwarning is shown"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

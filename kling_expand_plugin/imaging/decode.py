@@ -8,6 +8,7 @@ before any pixel is decoded (`check_size`).
 from __future__ import annotations
 
 import ctypes
+import functools
 import io
 import logging
 import os
@@ -83,6 +84,7 @@ def decode(item: Item, options: FitOptions | None = None) -> Decoded:
 
     One guarded step: whatever Pillow, its codecs or the colour management raise becomes a
     FitError saying what is wrong in words (the library's own text goes to the debug log)."""
+    quiet_codecs()
     options = options or FitOptions()
     data = read_input(item)
     format = None
@@ -203,11 +205,13 @@ def _libtiff_message(module: bytes | None, text: bytes | None, _arguments: Any) 
     )
 
 
-def _quiet_codecs() -> None:
+@functools.cache
+def quiet_codecs() -> None:
     """Send Pillow's warnings and log records, and libtiff's messages, to this module's log at
     debug level. Pillow warns and logs about the oddities of files it still reads ("Corrupt
     EXIF data"), libtiff prints straight to stderr; for a user, the outcome of each file (fitted,
-    or refused with the reason) is the news."""
+    or refused with the reason) is the news. Done once, when the first input is read, not at
+    import: a pipeline without this stage keeps Pillow's warnings as they are."""
     show = warnings.showwarning
 
     def showwarning(
@@ -244,6 +248,3 @@ def _as_debug(record: logging.LogRecord) -> bool:
     """A logging filter: Pillow's records at debug level, shown only where debug is."""
     record.levelno, record.levelname = logging.DEBUG, "DEBUG"
     return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
-
-
-_quiet_codecs()

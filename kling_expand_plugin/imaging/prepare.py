@@ -17,7 +17,14 @@ from PIL import Image
 
 from imgpipe import Item
 from kling_expand_plugin.imaging.colour import profile_of
-from kling_expand_plugin.imaging.decode import Decoded, FitOptions, check_size, decode, read_input
+from kling_expand_plugin.imaging.decode import (
+    Decoded,
+    FitOptions,
+    check_size,
+    decode,
+    quiet_codecs,
+    read_input,
+)
 from kling_expand_plugin.imaging.fill import fill
 from kling_expand_plugin.imaging.geometry import Box, Canvas
 from kling_expand_plugin.imaging.plan import Plan, plan_expansion
@@ -96,6 +103,7 @@ def prepare_as_sent(
     plan needs, and decoding it at an eighth of its size (which reads every byte of its
     compressed data, at a fraction of the cost) shows it is whole before anything is paid.
     """
+    quiet_codecs()
     options = options or FitOptions()
     data = read_input(item)
     try:
