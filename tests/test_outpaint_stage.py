@@ -194,3 +194,18 @@ def test_the_stage_defaults_to_the_local_server(monkeypatch):
     for name in ("KLING_ACCESS_KEY", "KLING_SECRET_KEY", "KLING_API_KEY"):
         monkeypatch.delenv(name, raising=False)
     assert OutpaintStage(aspect="16:9").endpoint == "local"  # no credentials needed
+
+
+def test_preview_names_results_as_the_run_does_when_two_inputs_ask_for_one_name():
+    from kling_expand_plugin.imaging.output import NAME_METADATA
+    from tests.helpers import picture
+
+    def inputs() -> list[Item]:
+        return [
+            Item(key, picture(number), metadata={NAME_METADATA: "x"})
+            for number, key in enumerate(["a.png", "b.png"])
+        ]
+
+    stage = OutpaintStage(aspect="16:9", local_latency=0.05)
+    ran = [item.key for item in stage(inputs())]
+    assert [item.key for item in stage.preview(inputs())] == ran == ["x-0.png", "b-0.png"]

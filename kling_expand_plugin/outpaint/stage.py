@@ -305,9 +305,10 @@ class OutpaintStage:
     def preview(self, items: list[Item]) -> list[Item]:
         """The items this stage would yield for `items` (keys and metadata fields, no image),
         for the host's checks before anything is paid for; reads only the files' headers."""
-        names, previews = Namer(), []
-        for item in items:
-            name = str(item.metadata.get(NAME_METADATA) or names.name(item.key))
+        names: dict[int, str] = {}
+        previews = []
+        for item in _named(items, names):  # named as the run will name them
+            name = names[id(item)]
             try:
                 extension, size = self.expected(item)
             except Exception:  # not an image: it will fail with its error, writing nothing
