@@ -16,7 +16,7 @@ from imgpipe import OptionError
 from kling_expand_plugin.cli import build_parser
 from kling_expand_plugin.cli.stage_flags import stage_options
 from kling_expand_plugin.outpaint.api import StageOptions, expand, expand_many
-from kling_expand_plugin.outpaint.options import HIDDEN, OPTIONS, check_options
+from kling_expand_plugin.outpaint.options import BY_NAME, HIDDEN, OPTIONS, check_options
 from kling_expand_plugin.outpaint.stage import OutpaintStage
 
 README = Path(__file__).parents[1] / "README.md"
@@ -46,27 +46,55 @@ def test_the_readme_table_lists_every_option_in_order_with_its_default():
         assert default == expected, name
 
 
-def test_the_stage_signature_is_the_schema():
-    parameters = inspect.signature(OutpaintStage).parameters.values()
-    assert [(p.name, p.kind, p.default) for p in parameters] == [
-        (option.name, inspect.Parameter.KEYWORD_ONLY, option.default) for option in OPTIONS
-    ]
+BAD_VALUES = {
+    "endpoint": "ftp://x",
+    "aspect": "wide",
+    "area": 0.5,
+    "size": "big",
+    "ratios": [0.5, 0.5],
+    "anchor": "middle",
+    "max_passes": 0,
+    "aspect_policy": "stretch",
+    "n": 12,
+    "prompt": "x" * 2501,
+    "concurrency": "four",
+    "order": "random",
+    "on_error": "ignore",
+    "ledger": "",
+    "budget": -1,
+    "callback": "8787",
+    "callback_url": "example.com",
+    "timeout": 0.5,
+    "attempts": 0,
+    "blend": 1.5,
+    "animated": "all",
+    "background": "nocolour",
+    "max_pixels": 10,
+    "max_upload_pixels": "many",
+    "local_latency": -1,
+    "format": "gif",
+    "quality": 101,
+    "png_compression": 10,
+    "slots": 4,
+}
+
+
+def test_the_host_sees_every_option_a_config_can_give():
+    from imgpipe import make_plugin_manager
+
+    info = make_plugin_manager().stages().get("outpaint")
+    assert info.options() == [option.name for option in OPTIONS if not option.python_only]
     assert OutpaintStage.python_only_options == ("slots",)
 
 
-@pytest.mark.parametrize("function", [expand, expand_many])
-def test_the_python_api_takes_every_option_with_the_schema_s_type_and_default(function):
-    parameters = dict(inspect.signature(function, eval_str=True).parameters)
-    parameters.pop("image" if function is expand else "images")
-    on_error = parameters.pop("on_error", None)  # expand raises; expand_many passes through
-    assert (on_error is None) == (function is expand)
-    assert on_error is None or on_error.default == "passthrough"
-    assert [(p.name, p.default, p.annotation) for p in parameters.values()] == [
-        (option.name, option.default, option.type)
-        for option in OPTIONS
-        if option.name != "on_error"
-    ]
-    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in parameters.values())
+@pytest.mark.parametrize("name", [name for name in BAD_VALUES if name != "on_error"])
+def test_the_python_api_hands_every_option_to_the_stage(name):
+    # The stage is built when expand_many is called: a bad value is refused there, by its name.
+    with pytest.raises(OptionError) as refused:
+        expand_many([], **{"aspect": "16:9", name: BAD_VALUES[name]})
+    assert refused.value.option == name
+    signature = inspect.signature(expand)
+    assert signature.parameters[name].default == BY_NAME[name].default  # help() shows it
 
 
 def test_the_python_api_s_typed_keywords_are_the_schema_s():
@@ -132,44 +160,13 @@ def test_flags_are_read_into_stage_options_of_the_schema_s_types():
     assert values["recreate_lost"] is True  # the local server's tasks end with the run
 
 
-BAD = {
-    "endpoint": "ftp://x",
-    "aspect": "wide",
-    "area": 0.5,
-    "size": "big",
-    "ratios": [0.5, 0.5],
-    "anchor": "middle",
-    "max_passes": 0,
-    "aspect_policy": "stretch",
-    "n": 12,
-    "prompt": "x" * 2501,
-    "concurrency": "four",
-    "order": "random",
-    "on_error": "ignore",
-    "ledger": "",
-    "budget": -1,
-    "callback": "8787",
-    "callback_url": "example.com",
-    "timeout": 0.5,
-    "attempts": 0,
-    "blend": 1.5,
-    "animated": "all",
-    "background": "nocolour",
-    "max_pixels": 10,
-    "max_upload_pixels": "many",
-    "local_latency": -1,
-    "format": "gif",
-    "quality": 101,
-    "png_compression": 10,
-    "slots": 4,
-}
-
-
 def test_every_option_that_can_be_wrong_has_a_bad_value_here():
-    assert set(BAD) == {option.name for option in OPTIONS if option.type not in (bool, bool | None)}
+    assert set(BAD_VALUES) == {
+        option.name for option in OPTIONS if option.type not in (bool, bool | None)
+    }
 
 
-@pytest.mark.parametrize(("name", "value"), BAD.items())
+@pytest.mark.parametrize(("name", "value"), BAD_VALUES.items())
 def test_a_bad_value_is_refused_naming_the_option_and_the_rule(name, value):
     given = {"aspect": "16:9", name: value}
     with pytest.raises(OptionError) as refused:

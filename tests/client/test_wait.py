@@ -46,7 +46,7 @@ def test_wait_times_out_with_the_last_state(local_server, make_client, image_b64
     started = time.monotonic()
     with pytest.raises(WaitTimeout) as caught:
         client.wait(task, schedule=FAST_POLL, timeout=0.3)
-    assert time.monotonic() - started >= 0.3
+    assert 0.3 <= time.monotonic() - started < 5
     assert caught.value.task is not None and not caught.value.task.finished
 
 
@@ -56,9 +56,11 @@ def test_wait_is_cancelled_promptly(local_server, make_client, image_b64):
     task = client.create(ExpandRequest(image=image_b64, ratios=RATIOS))
     cancel = threading.Event()
     threading.Timer(0.2, cancel.set).start()
-    # Polls 600 s apart: only a cancel that cuts the pause short ends the test in time.
+    # Polls 600 s apart: only a cancel that cuts the pause short ends the wait this soon.
+    started = time.monotonic()
     with pytest.raises(Cancelled):
         client.wait(task, cancel=cancel, schedule=PollSchedule(first=600, longest=600))
+    assert time.monotonic() - started < 5
 
 
 def test_transient_errors_while_polling_do_not_end_the_wait(make_client):

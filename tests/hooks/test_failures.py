@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator
 
 from PIL import Image
 
-from imgpipe import Failure, Item, failures_of, hookimpl, make_plugin_manager
+from imgpipe import Failure, Item, failures_of
 
 
 class Flaky:
@@ -79,7 +79,3 @@ def test_a_registered_stage_s_failures_set_imgpipe_s_exit_code_and_summary(tmp_p
     )
     assert ran.returncode == 1, ran.stderr
     assert "1 item out of the pipeline" in ran.stdout and "3 items failed" in ran.stdout
-
-
-def test_hookimpl_is_exported_for_plugins():
-    assert hookimpl is not None and make_plugin_manager is not None

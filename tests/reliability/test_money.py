@@ -449,7 +449,7 @@ def test_a_task_whose_wait_timed_out_keeps_its_units_reserved(tmp_path):
             on_error="passthrough",
         )  # fmt: skip
         list(outpaint(items(2)))
-        time.sleep(2.0)  # the first task ends on the server, charged
+        wait_until(lambda: server.stats()["tasks"]["succeed"] == 1, timeout=10)  # charged
         stats = server.stats()
     assert sum(stats["tasks"].values()) == 1 and stats["units_charged"] == 1
     assert outpaint.summary["skipped"] == 1
