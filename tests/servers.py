@@ -31,3 +31,8 @@ def keys_env(**extra: str) -> dict[str, str]:
     env = {**os.environ, **KEYS, **extra}
     env.pop("KLING_API_KEY", None)
     return env
+
+
+def nothing_created(stats: dict[str, Any]) -> bool:
+    """Whether a local server's stats show no create was tried and no task exists."""
+    return not stats["create_attempts_by_external_id"] and not sum(stats["tasks"].values())

@@ -17,7 +17,7 @@ from PIL import Image
 from imgpipe import ConfigError, load_config
 from kling_expand_plugin.localserver import LocalServer
 from tests.helpers import free_port, write_pipeline
-from tests.servers import keys_env
+from tests.servers import keys_env, nothing_created
 
 pytestmark = pytest.mark.slow  # pipelines run end to end, some in subprocesses
 
@@ -64,7 +64,7 @@ def test_a_name_typo_is_refused_before_any_task_with_a_suggestion(server, photos
     assert ran.returncode == 2, ran.stderr
     assert "{varient}" in ran.stderr and "did you mean {variant}?" in ran.stderr
     assert "stage #3" in ran.stderr
-    assert server.stats()["creates_by_external_id"] == {}
+    assert nothing_created(server.stats())
 
 
 def test_two_load_paths_with_one_file_name_are_refused_before_any_task(server, photos, tmp_path):
@@ -75,7 +75,7 @@ def test_two_load_paths_with_one_file_name_are_refused_before_any_task(server, p
     ran = imgpipe("run", str(config(tmp_path, server, [str(photos), str(other)], save)))
     assert ran.returncode == 2, ran.stderr
     assert "would both be written to" in ran.stderr
-    assert server.stats()["creates_by_external_id"] == {}
+    assert nothing_created(server.stats())
 
 
 def test_a_save_folder_inside_the_inputs_is_refused(server, photos, tmp_path):
@@ -85,7 +85,7 @@ def test_a_save_folder_inside_the_inputs_is_refused(server, photos, tmp_path):
         "run", str(config(tmp_path, server, [str(photos)], {"folder": str(photos / "wide")}))
     )
     assert ran.returncode == 2 and "results would be processed again" in ran.stderr
-    assert server.stats()["creates_by_external_id"] == {}
+    assert nothing_created(server.stats())
 
 
 def test_an_unwritable_save_folder_is_refused_before_any_task(server, photos, tmp_path):
@@ -93,7 +93,7 @@ def test_an_unwritable_save_folder_is_refused_before_any_task(server, photos, tm
     save = {"folder": str(tmp_path / "file" / "out")}
     ran = imgpipe("run", str(config(tmp_path, server, [str(photos)], save)))
     assert ran.returncode == 2 and "cannot be written" in ran.stderr
-    assert server.stats()["creates_by_external_id"] == {}
+    assert nothing_created(server.stats())
 
 
 def test_save_writes_with_the_umask_and_names_the_already_shaped_image_as_any_result(
@@ -166,7 +166,7 @@ def test_too_little_free_space_for_the_results_is_refused_before_any_task(
     monkeypatch.setattr(save.shutil, "disk_usage", lambda path: _Usage(free=10_000))
     with pytest.raises(ConfigError, match=r"stage #3: save: .* 0.0 MB free; the results need"):
         check_pipeline(stages)
-    assert server.stats()["creates_by_external_id"] == {}
+    assert nothing_created(server.stats())
 
 
 class _Usage:
@@ -242,7 +242,7 @@ def test_check_and_dry_run_list_the_work_and_pay_nothing(server, photos, tmp_pat
             "  wide-0.png",
             "checked: nothing was done or paid for",
         ]
-    assert server.stats()["creates_by_external_id"] == {}
+    assert nothing_created(server.stats())
     assert not list((tmp_path / "out").iterdir())
 
 
@@ -269,5 +269,5 @@ def test_the_endpoint_and_its_credentials_are_checked_before_any_work(server, ph
     path.write_text(wrong_keys.replace(server.url, closed))
     unreachable = imgpipe("run", str(path), timeout=90)
     assert unreachable.returncode == 2 and f"outpaint: endpoint {closed}:" in unreachable.stderr
-    assert server.stats()["creates_by_external_id"] == {}
+    assert nothing_created(server.stats())
     assert not list((tmp_path / "out").glob("*.png"))
