@@ -209,3 +209,24 @@ def test_preview_names_results_as_the_run_does_when_two_inputs_ask_for_one_name(
     stage = OutpaintStage(aspect="16:9", local_latency=0.05)
     ran = [item.key for item in stage(inputs())]
     assert [item.key for item in stage.preview(inputs())] == ran == ["x-0.png", "b-0.png"]
+
+
+def test_an_input_file_is_read_once_to_fit_it_and_once_to_stitch_it(tmp_path):
+    from dataclasses import dataclass
+
+    from tests.helpers import picture
+
+    reads: list[str] = []
+
+    @dataclass
+    class CountedItem(Item):
+        def read_bytes(self) -> bytes:
+            reads.append(self.key)
+            return super().read_bytes()
+
+    path = tmp_path / "a.png"
+    path.write_bytes(picture(3))
+    stage = OutpaintStage(aspect="16:9", local_latency=0.05)
+    [result] = list(stage([CountedItem("a.png", path)]))
+    assert "error" not in result.metadata["outpaint"]
+    assert reads == ["a.png", "a.png"]  # no pixels are held while the task runs

@@ -79,14 +79,15 @@ class Decoded:
         )
 
 
-def decode(item: Item, options: FitOptions | None = None) -> Decoded:
+def decode(item: Item, options: FitOptions | None = None, data: bytes | None = None) -> Decoded:
     """The item's image, fully decoded to 8-bit RGB/RGBA and upright; FitError if it is not one.
+    `data`: the item's file, when the caller has read it already (`read_input`).
 
     One guarded step: whatever Pillow, its codecs or the colour management raise becomes a
     FitError saying what is wrong in words (the library's own text goes to the debug log)."""
     quiet_codecs()
     options = options or FitOptions()
-    data = read_input(item)
+    data = read_input(item) if data is None else data
     format = None
     try:
         image: Image.Image = Image.open(io.BytesIO(data))

@@ -57,11 +57,12 @@ class Upload:
 
 
 def prepare(
-    item: Item, target: Target, options: FitOptions | None = None
+    item: Item, target: Target, options: FitOptions | None = None, data: bytes | None = None
 ) -> tuple[Decoded, Upload, Plan]:
-    """The decoded input, the first upload for `item`, and the plan of the calls."""
+    """The decoded input, the first upload for `item`, and the plan of the calls (`data`: the
+    item's file, when already read)."""
     options = options or FitOptions()
-    decoded = decode(item, options)
+    decoded = decode(item, options, data)
     pixel_cap = options.max_upload_pixels
     while True:
         scale = _scale_for(decoded.image.size, target.aspect_policy, pixel_cap)
@@ -94,7 +95,7 @@ def prepare(
 
 
 def prepare_as_sent(
-    item: Item, target: Target, options: FitOptions | None = None
+    item: Item, target: Target, options: FitOptions | None = None, data: bytes | None = None
 ) -> tuple[Upload, Plan] | None:
     """The upload and plan of a JPEG that is sent as it is, without decoding it whole; None
     when the file needs `prepare` (any change to make, or anything in doubt).
@@ -105,7 +106,7 @@ def prepare_as_sent(
     """
     quiet_codecs()
     options = options or FitOptions()
-    data = read_input(item)
+    data = read_input(item) if data is None else data
     try:
         image: Image.Image = Image.open(io.BytesIO(data))
         if (

@@ -21,19 +21,17 @@ from PIL import Image
 
 from imgpipe import Item
 from kling_expand_plugin.batch.taskrunner import Outcome, TaskRunner
+from kling_expand_plugin.imaging.decode import Decoded, FitOptions, decode, read_input
 from kling_expand_plugin.imaging.geometry import Box, Canvas, canvas_for
 from kling_expand_plugin.imaging.output import OutputFormat, Source, encode_result, result_key
 from kling_expand_plugin.imaging.plan import Plan
 from kling_expand_plugin.imaging.prepare import (
-    Decoded,
-    FitError,
-    FitOptions,
     Upload,
-    decode,
     encode_within_limit,
     prepare,
     prepare_as_sent,
 )
+from kling_expand_plugin.imaging.refusals import FitError
 from kling_expand_plugin.imaging.stitch import mask_png, stitch
 from kling_expand_plugin.imaging.target import Target
 from kling_expand_plugin.kling.client import ExpandRequest
@@ -87,12 +85,13 @@ class Expansion:
         window of tasks.
         """
         with self._cpu_worker(runner):
-            light = prepare_as_sent(item, self.target, self.fit_options)
+            data = read_input(item)  # read once for both ways of preparing it
+            light = prepare_as_sent(item, self.target, self.fit_options, data)
             if light is not None and light[1].passes:  # a JPEG sent as it is: no pixels yet
                 upload, plan = light
                 source = item.replace(image=upload.data) if item.is_url else item
             else:
-                decoded, upload, plan = prepare(item, self.target, self.fit_options)
+                decoded, upload, plan = prepare(item, self.target, self.fit_options, data)
                 if plan.is_empty:
                     log.info("outpaint: %s already has the target shape; copied", item.key)
                     return [self._unchanged(item, name, decoded, upload, plan)]
@@ -101,6 +100,7 @@ class Expansion:
                     return self._stitched(item, name, decoded, upload, plan, [upload.data], [])
                 source = item.replace(image=decoded.data) if item.is_url else item  # fetched once
                 del decoded
+            del data
             sizes = _pass_outputs(item.key, plan)  # refused here, before anything is paid
         variants, outcomes = self._run_passes(runner, item, upload, plan, sizes)
         with self._cpu_worker(runner):
