@@ -29,6 +29,7 @@ from kling_expand_plugin.cli.common import (
     check_reachable,
     command,
     count,
+    in_flags,
     input_items,
     logging_through,
     print_json,
@@ -312,7 +313,7 @@ def _record_line(record: dict[str, Any]) -> str:
         error, prefix = record["error"], f"item {record['key']!r}: "
         while error.startswith(prefix):  # the key starts the line already
             error = error.removeprefix(prefix)
-        error = error.replace("with max_passes", "with --max-passes")  # the stage's word
+        error = in_flags(error)
         head = "FAILED" if record["status"] == "failed" else "SKIPPED (budget)"
         return f"{record['key']}: {head}: {error}"
     paths = ", ".join(result["path"] for result in record["results"])

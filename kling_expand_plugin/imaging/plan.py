@@ -150,7 +150,7 @@ def plan_expansion(width: int, height: int, target: Target, *, scale: float = 1.
         try:
             passes = _passes(upload, bands, target.max_passes)
         except _TooFar as far:
-            hint = "" if target.max_passes > 1 else "; allow more calls with max_passes"
+            hint = "" if target.max_passes > 1 else "; allow more calls with option 'max_passes'"
             raise PlanError(
                 f"growing {_size(width, height, scale)} to "
                 f"{_size(canvas.width, canvas.height, scale)} needs more than "
