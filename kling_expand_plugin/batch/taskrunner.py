@@ -270,7 +270,7 @@ class TaskRunner:
         for image in task.images:
             data = self._download(task, image, max_bytes)
             stored = self.ledger.store_result(self.endpoint_key, work_id, image.index, data)
-            images.append(stored if isinstance(stored, Path) else data)  # on disk: not held
+            images.append(data if stored is None else stored)  # on disk: not held
         return Outcome(
             task.task_id,
             task.external_task_id or work_id,

@@ -16,8 +16,8 @@ a result already paid for:
   taken on the server.
 
 `open_ledger` picks the implementation: a SQLite file (WAL) with results in
-`<ledger>.results/` for one machine (`SqliteLedger`, here), or a PostgreSQL database shared by
-every worker of a cluster, results included (`PostgresLedger`, in `postgres`). Both are
+`<ledger>.results/` for one machine (`SqliteLedger`, in `sqlite`), or a PostgreSQL database
+shared by every worker of a cluster, results included (`PostgresLedger`, in `postgres`). Both are
 `SqlLedger`s: the same statements, in each database's placeholder style.
 """
 
@@ -29,28 +29,18 @@ from urllib.parse import urlsplit
 
 from kling_expand_plugin.batch.ledger.sql import (
     DATABASE_SCHEMES,
-    DEFAULT_STALE_AFTER,
     INTENT,
-    KEY_COLUMNS,
-    SCHEMA_VERSION,
-    TASK_COLUMNS,
     Claim,
     Entry,
     LedgerError,
     SqlLedger,
     StoredBytes,
-    owner_id,
     owner_is_gone,
 )
 from kling_expand_plugin.batch.ledger.sqlite import SqliteLedger
 
 __all__ = [
-    "DATABASE_SCHEMES",
-    "DEFAULT_STALE_AFTER",
     "INTENT",
-    "KEY_COLUMNS",
-    "SCHEMA_VERSION",
-    "TASK_COLUMNS",
     "Claim",
     "Entry",
     "LedgerError",
@@ -61,7 +51,6 @@ __all__ = [
     "is_database_url",
     "normalise_endpoint",
     "open_ledger",
-    "owner_id",
     "owner_is_gone",
 ]
 

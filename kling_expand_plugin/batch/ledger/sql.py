@@ -161,7 +161,7 @@ class SqlLedger:
     def _results(self, endpoint: str, external_id: str) -> tuple[Path | StoredBytes, ...]:
         raise NotImplementedError
 
-    def _store(self, endpoint: str, external_id: str, index: int, data: bytes) -> Any:
+    def _store(self, endpoint: str, external_id: str, index: int, data: bytes) -> Path | None:
         raise NotImplementedError
 
     def _forget_results(self, endpoint: str, external_id: str) -> None:
@@ -300,8 +300,8 @@ class SqlLedger:
             ),
         )
 
-    def store_result(self, endpoint: str, external_id: str, index: int, data: bytes) -> object:
-        """Store a result image durably, then record it."""
+    def store_result(self, endpoint: str, external_id: str, index: int, data: bytes) -> Path | None:
+        """Store a result image durably, then record it; its file, when it is one."""
         return self._store(endpoint, external_id, index, data)
 
     def forget_result(self, endpoint: str, external_id: str) -> None:
