@@ -46,9 +46,6 @@ MAX_CLOCK_SKEW = 5.0
 """Seconds our clock may run ahead of the server's before its tokens are refused (`nbf`)."""
 
 
-CLI_RETRY = CHECK_RETRY
-
-
 TYPICAL_TASK_SECONDS = 60.0
 """A task's typical time from create to result, for `plan`'s estimate (--task-seconds)."""
 
@@ -169,10 +166,6 @@ def count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
-def units(units: float) -> str:
-    return f"{units:g} unit{'' if units == 1 else 's'}"
-
-
 def client_for(endpoint: str) -> KlingClient:
     """A client of `endpoint` with the environment's credentials and short retries; "local"
     is a `kling-expand serve` on its default port, and a server on this machine started
@@ -181,7 +174,8 @@ def client_for(endpoint: str) -> KlingClient:
     if not url.startswith(("http://", "https://")):
         raise UsageError(f"--endpoint {endpoint!r} is not local or an http(s) URL")
     try:
-        return KlingClient(url, Credentials.from_env(), retry=CLI_RETRY)
+        # A command makes a few queries: the check's patience, not a batch's.
+        return KlingClient(url, Credentials.from_env(), retry=CHECK_RETRY)
     except CredentialsError as missing:
         if not _is_loopback(url):
             raise

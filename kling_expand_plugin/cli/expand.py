@@ -33,14 +33,13 @@ from kling_expand_plugin.cli.common import (
     input_items,
     logging_through,
     print_json,
-    units,
 )
 from kling_expand_plugin.cli.stage_flags import add_stage_flags, stage_options
 from kling_expand_plugin.imaging.output import NAME_METADATA, megabytes, result_key
 from kling_expand_plugin.imaging.prepare import prepare
 from kling_expand_plugin.imaging.refusals import FitError
 from kling_expand_plugin.outpaint.api import by_source, failure_of
-from kling_expand_plugin.outpaint.report import ContactSheet
+from kling_expand_plugin.outpaint.report import ContactSheet, plural, totals
 from kling_expand_plugin.outpaint.stage import OutpaintStage
 
 
@@ -148,13 +147,7 @@ def expand_command(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"inputs": records, "summary": summary, "report": report})
     else:
-        there = f", {len(existing)} already there" if existing else ""
-        print(
-            f"{count(total, 'input')}: {summary['done']} done, {summary['failed']} failed, "
-            f"{summary['skipped']} skipped (budget){there}; "
-            f"{count(summary['results'], 'result')}; {units(summary['units'])}; "
-            f"{summary['seconds']:.1f} s"
-        )
+        print(f"{count(total, 'input')}: {totals(summary)}")
         print(f"report: {html_path} (picture: {png_path})")
     if stage.cancelled:
         return EXIT_INTERRUPTED
@@ -322,4 +315,6 @@ def _record_line(record: dict[str, Any]) -> str:
     if record["status"] == "unchanged":
         return f"{record['key']}: already the target shape, copied to {paths}"
     canvas = record["results"][0]["canvas"]
-    return f"{record['key']}: {canvas[0]} x {canvas[1]}, {units(record['units'])} -> {paths}"
+    return (
+        f"{record['key']}: {canvas[0]} x {canvas[1]}, {plural(record['units'], 'unit')} -> {paths}"
+    )

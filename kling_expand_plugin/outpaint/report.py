@@ -129,7 +129,7 @@ class ContactSheet:
         html_path = self.folder / "report.html"
         png_path = self.folder / "report.png"
         sheet = draw_sheet(
-            self.title, self.settings, _totals(summary), self.rows, self.max_sheet_rows
+            self.title, self.settings, totals(summary), self.rows, self.max_sheet_rows
         )
         write_atomically(html_path, self._html(summary).encode("utf-8"), overwrite=True)
         buffer = io.BytesIO()
@@ -175,7 +175,7 @@ class ContactSheet:
         return _PAGE.format(
             title=_e(self.title),
             settings=_e(settings),
-            totals=_e(_totals(summary)),
+            totals=_e(totals(summary)),
             when=_e(datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")),
             expected=pictures,
             rows=rows,
@@ -241,17 +241,18 @@ def format_ratios(ratios: dict[str, float]) -> str:
     return " ".join(f"{side} {ratios[f'{side}_expansion_ratio']:.4f}" for side in sides)
 
 
-def _plural(number: float, noun: str) -> str:
+def plural(number: float, noun: str) -> str:
     return f"{number:g} {noun}{'' if number == 1 else 's'}"
 
 
-def _totals(summary: dict[str, Any]) -> str:
+def totals(summary: dict[str, Any]) -> str:
+    """A batch's summary in one line: done, failed, skipped, results, units, seconds."""
     return (
         f"{summary.get('done', 0)} done, {summary.get('failed', 0)} failed, "
         f"{summary.get('skipped', 0)} skipped (budget)"
         + (f", {summary['existing']} already there" if summary.get("existing") else "")
-        + f"; {_plural(summary.get('results', 0), 'result')}; "
-        f"{_plural(summary.get('units', 0), 'unit')}; {summary.get('seconds', 0):.1f} s"
+        + f"; {plural(summary.get('results', 0), 'result')}; "
+        f"{plural(summary.get('units', 0), 'unit')}; {summary.get('seconds', 0):.1f} s"
     )
 
 
