@@ -135,7 +135,13 @@ class TaskRunner:
         self.receiver = receiver
         self.retry_failed = retry_failed
         self.recreate_lost = recreate_lost
-        self.concurrency_backoff = concurrency_backoff
+        self._concurrency_retry = RetryPolicy(
+            attempts=sys.maxsize,
+            base_delay=concurrency_backoff[0],
+            max_delay=concurrency_backoff[1],
+            deadline=timeout,
+            jitter=0.2,
+        )
         self.tally = Tally()
         self.cancelled = threading.Event()
         self._work_locks: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
@@ -198,8 +204,9 @@ class TaskRunner:
                 continue
             self.tally.add(reattached=1)
             log.debug("%s: re-attached to task %s (%s)", key, task.task_id, task.status.value)
-            running = self.slots.hold(request.n, cancel=self.cancelled)  # held while it runs
-            with contextlib.nullcontext() if task.finished else running:
+            # A task still running holds its slots while it runs.
+            finished = contextlib.nullcontext()
+            with finished if task.finished else self.slots.hold(request.n, cancel=self.cancelled):
                 task = self._wait(task, work_id)
             return self._finish(key, work_id, task, request.n, max_bytes, new=False)
 
@@ -316,13 +323,6 @@ class TaskRunner:
     def _post(self, key: str, request: ExpandRequest, work_id: str) -> Task:
         """The create, with 1303 (the account at its task limit) waited out, the claim
         renewed meanwhile."""
-        policy = RetryPolicy(
-            attempts=sys.maxsize,
-            base_delay=self.concurrency_backoff[0],
-            max_delay=self.concurrency_backoff[1],
-            deadline=self.timeout,
-            jitter=0.2,
-        )
 
         def delay_for(error: Exception, budget: RetryBudget) -> float | None:
             if not isinstance(error, ConcurrencyLimitedError):
@@ -332,10 +332,11 @@ class TaskRunner:
 
         return retrying(
             lambda: self.client.create(request),
-            policy,
+            self._concurrency_retry,
             delay_for,
             what=f"{key}: the account is at its task limit (1303)",
             sleep=self._sleep,
+            level=logging.INFO,  # expected on a shared account, and waited out
         )
 
     def _wait(self, task: Task, work_id: str) -> Task:

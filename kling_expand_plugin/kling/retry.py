@@ -81,9 +81,10 @@ def retrying(
     *,
     what: str,
     sleep: Callable[[float], None] = time.sleep,
+    level: int = logging.WARNING,
 ) -> T:
     """`call()`, tried again while `delay_for(error, budget)` gives a delay for what it raised
-    (None: raise it); each retry is logged as `what`: error, and waits in `sleep`."""
+    (None: raise it); each retry is logged at `level` as `what`: error, and waits in `sleep`."""
     budget = policy.start()
     while True:
         try:
@@ -92,7 +93,7 @@ def retrying(
             delay = delay_for(error, budget)
             if delay is None:
                 raise
-            log.warning("%s: %s; retrying in %.2f s", what, error, delay)
+            log.log(level, "%s: %s; retrying in %.2f s", what, error, delay)
             sleep(delay)
 
 
