@@ -279,7 +279,7 @@ class TaskStore:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             by_status = Counter(task.status for task in self._tasks.values())
-            return {
+            stats = {
                 "creates_by_external_id": dict(sorted(self._creates_by_external.items())),
                 "create_attempts_by_external_id": dict(sorted(self._attempts_by_external.items())),
                 "slots_in_use": self._slots_in_use,
@@ -289,8 +289,8 @@ class TaskStore:
                 "units_charged": sum(
                     task.n for task in self._tasks.values() if task.status == "succeed"
                 ),
-                "result_bytes_on_disk": self.result_bytes(),
             }
+        return stats | {"result_bytes_on_disk": self.result_bytes()}  # files read unlocked
 
     def _render(self, task: Task, request: CreateRequest) -> None:
         canvas = canvas_for(request.width, request.height, request.ratios)
@@ -365,12 +365,22 @@ class TaskStore:
     def _expire(self, task: Task) -> None:
         with self._lock:
             task.expired = True
-            self._delete_results(task)
+            folder = self._results_folder(task)
+            task.images = {}
+        if folder is not None:  # no request can reach these files now: deleted unlocked
+            shutil.rmtree(folder, ignore_errors=True)
 
     def _delete_results(self, task: Task) -> None:
-        if task.images and not self._stopped:
-            shutil.rmtree(next(iter(task.images.values())).parent, ignore_errors=True)
+        folder = self._results_folder(task)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
         task.images = {}
+
+    def _results_folder(self, task: Task) -> Path | None:
+        """The folder of a task's result files, while it has some and the server runs."""
+        if not task.images or self._stopped:
+            return None
+        return next(iter(task.images.values())).parent
 
     def _set_status(self, task: Task, status: str) -> None:
         task.status = status
