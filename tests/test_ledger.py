@@ -12,7 +12,7 @@ import time
 import pytest
 
 from kling_expand_plugin.batch.ledger import INTENT, LedgerError, SqliteLedger, owner_is_gone
-from kling_expand_plugin.kling.models import Task, TaskStatus
+from kling_expand_plugin.kling.models import Task, TaskImage, TaskStatus
 
 ENDPOINT = "https://kling.example"
 
@@ -155,6 +155,27 @@ def test_the_command_refuses_an_unreadable_ledger_before_any_work(tmp_path):
     assert ran.returncode == 2
     assert str(path) in ran.stderr and "move it aside" in ran.stderr
     assert "Traceback" not in ran.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_result_is_recorded_only_once_written_whole(ledger):
+    ledger.claim(ENDPOINT, "kep-1", "a.png")
+    image = TaskImage(0, "http://x/0.png")
+    done = Task("t1", TaskStatus.SUCCEEDED, external_task_id="kep-1", units="1", images=(image,))
+    ledger.record(ENDPOINT, "kep-1", done)
+
+    def cut_short(file):
+        file.write(b"\x89PNG half")
+        raise OSError("the download broke off")
+
+    with pytest.raises(OSError, match="broke off"):
+        ledger.store_result(ENDPOINT, "kep-1", 0, cut_short)
+    entry = ledger.entry(ENDPOINT, "kep-1")
+    assert entry is not None and entry.results == () and not entry.complete
+    assert list(ledger.results_dir.glob("*/*")) == []  # no part file, no result
+    stored = ledger.store_result(ENDPOINT, "kep-1", 0, lambda file: file.write(b"whole"))
+    assert stored == ledger.results_dir / "kep-1" / "0.png" and stored.read_bytes() == b"whole"
+    entry = ledger.entry(ENDPOINT, "kep-1")
+    assert entry is not None and entry.complete and entry.results == (stored,)
 
 
 def test_half_written_results_left_by_a_crash_are_cleaned(tmp_path):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import io
 import logging
 import sys
@@ -27,7 +28,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from kling_expand_plugin.batch.budget import Budget, BudgetReached
 from kling_expand_plugin.batch.ledger import INTENT, Claim, Entry, SqlLedger
@@ -273,11 +274,15 @@ class TaskRunner:
         self.tally.add(**{"units" if new else "units_reused": units})
         if task.failed:
             raise TaskFailedError(task)
-        images: list[Path | bytes] = []
-        for image in task.images:
-            data = self._download(task, image, max_bytes)
-            stored = self.ledger.store_result(self.endpoint_key, work_id, image.index, data)
-            images.append(data if stored is None else stored)  # on disk: not held
+        images = [
+            self.ledger.store_result(
+                self.endpoint_key,
+                work_id,
+                image.index,
+                functools.partial(self._download, task, image, max_bytes),
+            )  # streamed into the ledger's file: never whole in memory
+            for image in task.images
+        ]
         return Outcome(
             task.task_id,
             task.external_task_id or work_id,
@@ -352,16 +357,19 @@ class TaskRunner:
             pause=self._sleep,
         )
 
-    def _download(self, task: Task, image: TaskImage, max_bytes: int | None) -> bytes:
-        """A result image; if its URL has expired, once more with a fresh URL from the API."""
+    def _download(
+        self, task: Task, image: TaskImage, max_bytes: int | None, sink: BinaryIO
+    ) -> None:
+        """A result image, into `sink`; if its URL has expired, once more with a fresh URL
+        from the API."""
         try:
-            return self.client.download(image.url, max_bytes=max_bytes)
+            self.client.download_into(image.url, sink, max_bytes=max_bytes)
         except DownloadError:
             fresh = self.client.get(task.task_id)
             urls = {i.index: i.url for i in fresh.images}
             if urls.get(image.index, image.url) == image.url:
                 raise
-            return self.client.download(urls[image.index], max_bytes=max_bytes)
+            self.client.download_into(urls[image.index], sink, max_bytes=max_bytes)
 
     def _sleep(self, seconds: float) -> None:
         if self.cancelled.wait(max(0.0, seconds)):

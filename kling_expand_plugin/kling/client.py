@@ -16,7 +16,7 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import overload
+from typing import BinaryIO, overload
 
 from kling_expand_plugin.kling.auth import Credentials
 from kling_expand_plugin.kling.download import DEFAULT_MAX_BYTES, Downloader
@@ -160,3 +160,10 @@ class KlingClient:
         if dest is None:
             return self._downloader.fetch(url, max_bytes=cap)
         return self._downloader.fetch_to(url, Path(dest), max_bytes=cap)
+
+    def download_into(self, url: str, sink: BinaryIO, *, max_bytes: int | None = None) -> None:
+        """A result image written into `sink`, a seekable file object open for reading and
+        writing (say, a file the caller syncs), replacing what it held; checked as `download`
+        checks, and never whole in memory. Raises DownloadError."""
+        cap = self._max_download_bytes if max_bytes is None else max_bytes
+        self._downloader.fetch_into(url, sink, max_bytes=cap)

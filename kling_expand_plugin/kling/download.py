@@ -25,7 +25,9 @@ from kling_expand_plugin.kling.retry import RetryBudget, RetryPolicy, retrying
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 """Default size cap of one downloaded image."""
 
-CHUNK_BYTES = 1024 * 1024
+CHUNK_BYTES = 256 * 1024
+"""Bytes read at a time: under glibc's mmap threshold (see `imaging.memory`), so each chunk's
+buffer is used again instead of being mapped, faulted in and given back."""
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +58,7 @@ class Downloader:
     def fetch(self, url: str, *, max_bytes: int) -> bytes:
         """The image at `url`, as bytes."""
         buffer = io.BytesIO()
-        self._fetch_with_retries(url, max_bytes, buffer)
+        self.fetch_into(url, buffer, max_bytes=max_bytes)
         return buffer.getvalue()
 
     def fetch_to(self, url: str, dest: Path, *, max_bytes: int) -> Path:
@@ -66,14 +68,16 @@ class Downloader:
         part = Path(part_name)
         try:
             with os.fdopen(fd, "w+b") as sink:
-                self._fetch_with_retries(url, max_bytes, sink)
+                self.fetch_into(url, sink, max_bytes=max_bytes)
             os.replace(part, dest)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 part.unlink()
         return dest
 
-    def _fetch_with_retries(self, url: str, max_bytes: int, sink: BinaryIO) -> None:
+    def fetch_into(self, url: str, sink: BinaryIO, *, max_bytes: int) -> None:
+        """Write the image at `url` into `sink` (a seekable file object open for reading and
+        writing), replacing what it held: streamed, never whole in memory."""
         scheme = urlsplit(url).scheme.lower()
         if scheme not in ("http", "https"):
             raise DownloadError(f"refusing to download {scheme or 'a relative'} URL: http(s) only")

@@ -4,8 +4,6 @@ and slots; a bounded window of items through `expansion`, one item handed on per
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import functools
 import io
 import itertools
 import logging
@@ -35,6 +33,10 @@ from kling_expand_plugin.batch.slots import Slots
 from kling_expand_plugin.batch.taskrunner import TaskRunner
 from kling_expand_plugin.batch.window import windowed_map
 from kling_expand_plugin.imaging.decode import FitOptions
+from kling_expand_plugin.imaging.memory import (
+    return_large_buffers,
+    reused_image_blocks,
+)
 from kling_expand_plugin.imaging.output import (
     NAME_METADATA,
     Namer,
@@ -131,7 +133,7 @@ class OutpaintStage:
         self._times = (0.0, 0.0)
         self._cancelled = threading.Event()
         self.cpu_workers = _cores()
-        _return_large_buffers()
+        return_large_buffers()
         self._expand = Expansion(
             target=self.target,
             fit_options=self.fit_options,
@@ -188,6 +190,7 @@ class OutpaintStage:
         self._cancelled.clear()
         with contextlib.ExitStack() as stack:
             runner = self._active = self._runner(stack)
+            stack.enter_context(reused_image_blocks(self.cpu_workers))
             # The tasks the slots allow, plus an item per CPU worker being prepared or stitched.
             window = self.concurrency // self.n + self.cpu_workers
             names: dict[int, str] = {}
@@ -336,20 +339,6 @@ class OutpaintStage:
             except PlanError:
                 pixels = int(size[0] * size[1] * limits.MAX_AREA)
         return EXTENSIONS[pillow_format], estimated_bytes(pixels, self.n, pillow_format)
-
-
-@functools.cache
-def _return_large_buffers() -> None:
-    """Have glibc give large freed buffers (decoded images: 144 MB for a 48 MP canvas) back
-    to the system at once. By default it raises its mmap threshold after a large free and keeps
-    later ones in its heaps, so a process's peak grows with the images it has seen, not with
-    what is live (4 photos: 1756 MiB by default, at most 1423 MiB so)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc
-        return
-    m_mmap_threshold = -3
-    libc.mallopt(m_mmap_threshold, 1 << 20)
 
 
 def _cores() -> int:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import tracemalloc
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -30,6 +32,25 @@ def test_download_to_a_file(local_server, make_client, image_b64, tmp_path):
     assert client.download(task.images[0].url, dest=dest) == dest
     assert dest.read_bytes().startswith(b"\x89PNG")
     assert [p.name for p in dest.parent.iterdir()] == ["result.png"]
+
+
+def test_download_into_a_file_streams_and_replaces_what_a_failed_try_wrote(make_client, tmp_path):
+    noise = np.random.default_rng(5).integers(0, 256, (1200, 1600, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, "PNG", compress_level=0)
+    big = buffer.getvalue()  # about 5.8 MB
+    answers = sequence(Answer(200, big, cut_at=100_000), Answer(200, big))
+    with scripted_server(answers) as (url, server), open(tmp_path / "r.png", "w+b") as sink:
+        sink.write(b"left over" * 100_000)
+        tracemalloc.start()
+        try:
+            make_client(url).download_into(url + "/r.png", sink)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert (tmp_path / "r.png").read_bytes() == big  # the cut try and the old bytes are gone
+    assert len(server.seen) == 2
+    assert peak < len(big) // 4  # streamed through: never held whole
 
 
 def test_cut_off_download_is_retried(local_server, make_client, image_b64):

@@ -54,10 +54,10 @@ def test_a_task_goes_from_intent_to_complete_with_its_results_in_the_database(fr
         assert entry is not None and entry.status == "creating" and entry.task_id is None
         ledger.record(ENDPOINT, "kep-1", task("kep-1"))
         ledger.record(ENDPOINT, "kep-1", task("kep-1", "succeed", images=2))
-        ledger.store_result(ENDPOINT, "kep-1", 0, b"first")
+        ledger.store_result(ENDPOINT, "kep-1", 0, lambda file: file.write(b"first"))
         partial = ledger.entry(ENDPOINT, "kep-1")
         assert partial is not None and not partial.complete  # one of two results stored
-        ledger.store_result(ENDPOINT, "kep-1", 1, b"second")
+        ledger.store_result(ENDPOINT, "kep-1", 1, lambda file: file.write(b"second"))
     finally:
         ledger.close()
     again = open_ledger(fresh_postgres)  # another worker, another connection

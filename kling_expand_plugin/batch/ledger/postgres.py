@@ -11,6 +11,7 @@ grows.
 
 from __future__ import annotations
 
+import io
 import threading
 from typing import Any
 
@@ -23,6 +24,7 @@ from kling_expand_plugin.batch.ledger.sql import (
     LedgerError,
     SqlLedger,
     StoredBytes,
+    Writer,
 )
 
 SCHEMA_LOCK = 0x6B6C696E67
@@ -70,14 +72,18 @@ class PostgresLedger(SqlLedger):
         )
         return tuple(StoredBytes(bytes(data)) for (data,) in rows)
 
-    def _store(self, endpoint: str, external_id: str, index: int, data: bytes) -> None:
-        """Store a result image in the database; committed when this returns."""
+    def _store(self, endpoint: str, external_id: str, index: int, write: Writer) -> bytes:
+        """Store a result image in the database; committed when this returns. Its bytes."""
+        buffer = io.BytesIO()
+        write(buffer)
+        data = buffer.getvalue()
         self._run(
             f"INSERT INTO {self.results_table} (endpoint, external_id, idx, data) "
             "VALUES (?, ?, ?, ?) ON CONFLICT (endpoint, external_id, idx) DO UPDATE SET "
             "data = excluded.data",
             (endpoint, external_id, index, data),
         )
+        return data
 
 
 def _schema() -> list[str]:

@@ -6,11 +6,15 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from kling_expand_plugin.kling.models import Task
+
+Writer = Callable[[BinaryIO], object]
+"""Writes a result image into the file object it is given (seekable, open for reading too)."""
 
 SCHEMA_VERSION = 2
 
@@ -161,7 +165,7 @@ class SqlLedger:
     def _results(self, endpoint: str, external_id: str) -> tuple[Path | StoredBytes, ...]:
         raise NotImplementedError
 
-    def _store(self, endpoint: str, external_id: str, index: int, data: bytes) -> Path | None:
+    def _store(self, endpoint: str, external_id: str, index: int, write: Writer) -> Path | bytes:
         raise NotImplementedError
 
     def _forget_results(self, endpoint: str, external_id: str) -> None:
@@ -300,9 +304,13 @@ class SqlLedger:
             ),
         )
 
-    def store_result(self, endpoint: str, external_id: str, index: int, data: bytes) -> Path | None:
-        """Store a result image durably, then record it; its file, when it is one."""
-        return self._store(endpoint, external_id, index, data)
+    def store_result(
+        self, endpoint: str, external_id: str, index: int, write: Writer
+    ) -> Path | bytes:
+        """Store a result image durably, then record it: `write` puts the image into the file
+        object it is given (a download streams into it). Returns the stored image: its file,
+        or its bytes when the database holds it. Nothing is recorded when `write` raises."""
+        return self._store(endpoint, external_id, index, write)
 
     def forget_result(self, endpoint: str, external_id: str) -> None:
         """Drop the stored results of a piece of work (say, one was found damaged): the next

@@ -20,6 +20,7 @@ from kling_expand_plugin.batch.ledger.sql import (
     LedgerError,
     SqlLedger,
     StoredBytes,
+    Writer,
 )
 
 
@@ -57,13 +58,14 @@ class SqliteLedger(SqlLedger):
         )
         return tuple(Path(path) for (path,) in rows)
 
-    def _store(self, endpoint: str, external_id: str, index: int, data: bytes) -> Path:
-        """Write a result image to disk (atomically, synced), then record it; its path."""
+    def _store(self, endpoint: str, external_id: str, index: int, write: Writer) -> Path:
+        """Have `write` write a result image to disk (atomically, synced), then record it; its
+        path."""
         folder = self.results_dir / _safe(external_id)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{index}.png"
         with _atomic_file(path) as file:
-            file.write(data)
+            write(file)
         self._run(
             "INSERT OR REPLACE INTO results (endpoint, external_id, idx, path) VALUES (?, ?, ?, ?)",
             (endpoint, external_id, index, str(path)),
@@ -132,7 +134,7 @@ def _atomic_file(path: Path) -> Iterator[Any]:
     """A file object whose contents replace `path` (synced) only when the block succeeds."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as file:
+        with os.fdopen(fd, "w+b") as file:
             yield file
             file.flush()
             os.fsync(file.fileno())
