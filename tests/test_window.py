@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import weakref
 
 import pytest
 
 from kling_expand_plugin.batch.window import windowed_map
+from tests.helpers import wait_until
 
 
 def slow_first(value: int) -> int:
@@ -73,3 +76,29 @@ def test_errors_come_back_on_their_future():
     assert isinstance(outcomes[2], ValueError) and outcomes[1] is None
     with pytest.raises(ValueError):
         raise outcomes[2]
+
+
+class Pixels:
+    """Stands for a decoded image held by the work when it failed."""
+
+
+def test_failed_work_lets_go_of_what_it_held_once_its_result_is_read():
+    # An error keeps the frames it went through; the thread's frame kept the future, which
+    # keeps the error: a reference cycle, freed only when Python's cycle collector ran.
+    held: list[weakref.ref[Pixels]] = []
+
+    def work(value: int) -> int:
+        pixels = Pixels()
+        held.append(weakref.ref(pixels))
+        raise ValueError(f"bad input {value}")
+
+    gc.collect()
+    gc.disable()
+    try:
+        for _, future in windowed_map(work, range(3), window=2):
+            assert isinstance(future.exception(), ValueError)
+        del future
+        wait_until(lambda: [ref() for ref in held] == [None, None, None], timeout=2)
+        assert len(held) == 3
+    finally:
+        gc.enable()

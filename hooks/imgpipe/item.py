@@ -52,9 +52,11 @@ class Item:
                 try:
                     self._fetched = fetch(str(self.image), self.url_limits)
                 except FetchError as error:
-                    self._fetched = error
+                    # Kept without its traceback and raised anew: one kept with its frames
+                    # would hold this item in a reference cycle.
+                    self._fetched = error.with_traceback(None)
             if isinstance(self._fetched, FetchError):
-                raise self._fetched
+                raise FetchError(*self._fetched.args)
             return self._fetched
         return Path(self.image).read_bytes()
 

@@ -63,12 +63,14 @@ def fetch(url: str, limits: UrlLimits = DEFAULT_URL_LIMITS) -> bytes:
     deadline, max_bytes, connect_timeout = limits.deadline, limits.max_bytes, limits.connect_timeout
     shown = redact_url(url)
     started = time.monotonic()
-    too_slow = FetchError(f"{shown}: not fetched within {deadline:g} s (the deadline for a URL)")
+
+    def too_slow() -> FetchError:  # made anew each time: one kept in a cell would be a cycle
+        return FetchError(f"{shown}: not fetched within {deadline:g} s (the deadline for a URL)")
 
     def remaining() -> float:
         left = deadline - (time.monotonic() - started)
         if left <= 0:
-            raise too_slow
+            raise too_slow()
         return left
 
     try:
@@ -104,7 +106,7 @@ def fetch(url: str, limits: UrlLimits = DEFAULT_URL_LIMITS) -> bytes:
             raise FetchError(f"{shown}: no connection within {connect_timeout:g} s") from None
         timeouts = (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)
         if isinstance(error, timeouts) or time.monotonic() - started >= deadline:
-            raise too_slow from None
+            raise too_slow() from None
         if isinstance(error, requests.TooManyRedirects):
             raise FetchError(f"{shown}: too many redirects") from None
         if isinstance(error, requests.exceptions.InvalidURL | requests.exceptions.InvalidSchema):

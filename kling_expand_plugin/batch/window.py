@@ -63,14 +63,20 @@ def windowed_map(
 def _start(function: Callable[[In], Out], value: In) -> Future[Out]:
     """`function(value)` on a new daemon thread; its future."""
     future: Future[Out] = Future()
-
-    def run() -> None:
-        if not future.set_running_or_notify_cancel():
-            return
-        try:
-            future.set_result(function(value))
-        except BaseException as error:  # handed to the consumer through the future
-            future.set_exception(error)
-
-    threading.Thread(target=run, name="outpaint", daemon=True).start()
+    threading.Thread(
+        target=_run, args=(future, function, value), name="outpaint", daemon=True
+    ).start()
     return future
+
+
+def _run(future: Future[Out], function: Callable[[In], Out], value: In) -> None:
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        future.set_result(function(value))
+    except BaseException as error:  # handed to the consumer through the future
+        future.set_exception(error)
+        # The error's traceback holds this frame: were the frame to keep the future, which
+        # keeps the error, the cycle would hold what the work held (pixels) until Python's
+        # cycle collector ran, not until the consumer lets go of the future.
+        del future

@@ -164,11 +164,19 @@ def error_class_for(code: int | None, http_status: int | None) -> type[KlingAPIE
 
 
 def api_error(
-    message: str, *, http_status: int | None, code: int | None, request_id: str | None
+    message: str,
+    *,
+    http_status: int | None,
+    code: int | None,
+    request_id: str | None,
+    retry_after: float | None = None,
 ) -> KlingAPIError:
     """The typed error for an answer with a non-zero `code`."""
-    cls = error_class_for(code, http_status)
-    return cls(message, http_status=http_status, code=code, request_id=request_id)
+    error = error_class_for(code, http_status)(
+        message, http_status=http_status, code=code, request_id=request_id
+    )
+    error.retry_after = retry_after
+    return error
 
 
 class TaskFailedError(KlingError):

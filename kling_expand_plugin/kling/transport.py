@@ -199,14 +199,13 @@ class Transport:
         log.debug("%s %s: code %d request_id %s", method, path, code, request_id)
         if code != 0:
             message = self._credentials.redact(str(envelope.get("message") or "")) or "no message"
-            error = api_error(
+            raise api_error(  # raised, not kept in a local: that would be a reference cycle
                 f"{method} {path}: {message}",
                 http_status=status,
                 code=code,
                 request_id=request_id,
+                retry_after=retry_after_seconds(response.headers.get("Retry-After")),
             )
-            error.retry_after = retry_after_seconds(response.headers.get("Retry-After"))
-            raise error
         if not 200 <= status < 300:
             raise ProtocolError(
                 f"{method} {path}: HTTP {status} with code 0", http_status=status, retryable=True

@@ -239,34 +239,35 @@ def fetch_image_url(url: str, *, timeout: float = 10.0) -> bytes:
     watchdog = threading.Timer(timeout, expire)
     watchdog.daemon = True
     watchdog.start()
-    too_slow = invalid_parameter(f"image URL could not be downloaded within {timeout:g} s")
+
+    def too_slow() -> ApiError:  # made anew each time: one kept in a local would be a cycle
+        return invalid_parameter(f"image URL could not be downloaded within {timeout:g} s")
+
     try:
         connection.connect()
         sockets.append(connection.sock)
         if expired.is_set():
-            raise too_slow
+            raise too_slow()
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         connection.request("GET", target, headers={"Accept-Encoding": "identity"})
         response = connection.getresponse()
         if response.status != 200:
             raise invalid_parameter(f"image URL could not be downloaded: HTTP {response.status}")
-        too_big = invalid_parameter(
-            f"image file is more than {limits.MAX_FILE_BYTES} bytes (10 MB)"
-        )
+        too_big = f"image file is more than {limits.MAX_FILE_BYTES} bytes (10 MB)"
         declared = response.getheader("Content-Length", "")
         if declared.isdigit() and int(declared) > limits.MAX_FILE_BYTES:
-            raise too_big
+            raise invalid_parameter(too_big)
         data = bytearray()
         while chunk := response.read1(65536):
             data += chunk
             if len(data) > limits.MAX_FILE_BYTES:
-                raise too_big
+                raise invalid_parameter(too_big)
         if expired.is_set():  # the watchdog's shutdown reads as the end of the body
-            raise too_slow
+            raise too_slow()
         return bytes(data)
     except (OSError, HTTPException) as error:
         if expired.is_set():
-            raise too_slow from None
+            raise too_slow() from None
         raise invalid_parameter(
             f"image URL could not be downloaded: {type(error).__name__}"
         ) from None

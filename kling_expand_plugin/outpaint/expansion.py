@@ -104,8 +104,11 @@ class Expansion:
             sizes = _pass_outputs(item.key, plan)  # refused here, before anything is paid
         variants, outcomes = self._run_passes(runner, item, upload, plan, sizes)
         with self._cpu_worker(runner):
-            decoded = decode(source, self.fit_options)
-            return self._stitched(item, name, decoded, upload, plan, variants, outcomes)
+            # Not a local of this frame: an error raised under _run_passes may keep the frame
+            # (in a reference cycle, until the garbage collector runs), but not the pixels.
+            return self._stitched(
+                item, name, decode(source, self.fit_options), upload, plan, variants, outcomes
+            )
 
     @contextlib.contextmanager
     def _cpu_worker(self, runner: TaskRunner) -> Iterator[None]:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import email.utils
+import gc
 import pickle
 import time
+import weakref
 
 import pytest
 
@@ -170,3 +172,27 @@ def test_errors_survive_pickling(error):
     assert type(copy) is type(error)
     assert str(copy) == str(error)
     assert copy.retryable == error.retryable
+
+
+class Held:
+    """Stands for what a caller's frame holds (a decoded photo) while it makes a call."""
+
+
+def test_an_api_error_does_not_keep_the_frames_it_went_through(make_client):
+    # An error kept in a local of the frame that raised it is a reference cycle; the cycle held
+    # every frame under it, with their locals, until Python's cycle collector ran.
+    def caller(client) -> weakref.ref[Held]:
+        held = Held()
+        with pytest.raises(errors.InvalidRequestError):
+            client.get("task-1")
+        return weakref.ref(held)
+
+    with scripted_server(sequence(envelope(1201, status=400))) as (url, _server):
+        client = make_client(url, retry=TWO_TRIES)
+        gc.collect()
+        gc.disable()
+        try:
+            held = caller(client)
+            assert held() is None
+        finally:
+            gc.enable()
