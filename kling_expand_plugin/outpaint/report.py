@@ -88,16 +88,13 @@ class ContactSheet:
         if first.get("unchanged"):
             row.details.append("already the target shape: copied, no task")
             item, path = outputs[0]
-            image = _open(item.read_bytes())
-            row.original = self._picture(number, 0, image, None, None, "original")
-            row.results.append(self._picture(number, 1, image, path, None, "unchanged"))
+            image, size = _thumbnail_source(item)
+            row.original = self._picture(number, 0, image, None, None, "original", size)
+            row.results.append(self._picture(number, 1, image, path, None, "unchanged", size))
             return row
         for index, (item, path) in enumerate(outputs, start=1):
             meta = item.metadata["outpaint"]
-            if meta.get("preview"):  # made by the stage from the pixels it had
-                image, size = _open(meta["preview"]), (meta["canvas"][0], meta["canvas"][1])
-            else:
-                image, size = _open_small(item.read_bytes())
+            image, size = _thumbnail_source(item)
             left, top, right, bottom = meta["box"]
             box = (left, top, right, bottom)
             if row.original is None:
@@ -117,11 +114,11 @@ class ContactSheet:
         row.original = self._original_from_source(number, source)
         for index, path in enumerate(paths, start=1):
             try:
-                image = _open(path.read_bytes())
+                image, size = _open_small(path.read_bytes())
             except Exception:  # unreadable now: the row still names it
                 row.details.append(f"{path.name}: cannot be read for a preview")
                 continue
-            row.results.append(self._picture(number, index, image, path, None, path.name))
+            row.results.append(self._picture(number, index, image, path, None, path.name, size))
         return row
 
     def write(self, summary: dict[str, Any]) -> tuple[Path, Path]:
@@ -254,6 +251,15 @@ def totals(summary: dict[str, Any]) -> str:
         + f"; {plural(summary.get('results', 0), 'result')}; "
         f"{plural(summary.get('units', 0), 'unit')}; {summary.get('seconds', 0):.1f} s"
     )
+
+
+def _thumbnail_source(item: Item) -> tuple[Image.Image, tuple[int, int]]:
+    """What a result's thumbnails are made from, and the result's full size: the preview the
+    stage made from the pixels it had, or else the result decoded small."""
+    meta = item.metadata["outpaint"]
+    if meta.get("preview"):
+        return _open(meta["preview"]), (meta["canvas"][0], meta["canvas"][1])
+    return _open_small(item.read_bytes())
 
 
 def _open_small(data: bytes) -> tuple[Image.Image, tuple[int, int]]:

@@ -67,6 +67,20 @@ def test_a_sheet_shows_results_failures_and_unchanged_inputs(tmp_path):
     assert (np.all(pixels == (190, 20, 20), axis=-1).sum()) > 0  # the failure, in red
 
 
+def test_an_unchanged_input_s_thumbnails_come_from_the_stage_s_preview_not_a_second_decode(
+    tmp_path,
+):
+    sheet = ContactSheet(tmp_path, title="t", settings={})
+    preview = io.BytesIO()
+    noisy_image(240, 135, 3).save(preview, "JPEG")
+    meta = {"unchanged": True, "box": [0, 0, 4800, 2700], "canvas": [4800, 2700],
+            "preview": preview.getvalue()}  # fmt: skip
+    same = Item("wide-0.jpg", b"the result's bytes, not read", metadata={"outpaint": meta})
+    row = sheet.add("wide.jpg", [(same, tmp_path / "wide-0.jpg")], same)
+    assert row.original is not None and [r.caption for r in row.results] == ["unchanged"]
+    assert row.results[0].size == (4800, 2700)  # the result's own size, not the preview's
+
+
 def test_the_png_sheet_stops_at_its_row_limit(tmp_path):
     item = _result("x.png", 0, size=(320, 180), box=(80, 45, 240, 135))
     heights = []
