@@ -6,15 +6,18 @@ that every figure is the client's alone:
 
 - memory: the peak RSS of `kling-expand expand` and of `imgpipe run` (load, outpaint, save) for
   N and for 2N photos; bounded by design means the ratio 2N / N stays near 1 (goal <= 1.1) and
-  the peak under 2 GiB;
+  the peak under 2 GiB; and of `kling-expand expand` for 2N photos whose tasks are already done
+  (every result comes at once, each create answered "external id taken");
 - CPU: for each output format, the client's CPU time per photo, for N and for 2N photos (the
-  process's start-up and the report are shared by more photos in the second), against Pillow's
-  own floor for that photo (decode the input, decode the API's result, encode the output in
-  that format; the least of three tries in this process); goal <= 1.3x.
+  process's start-up and the report are shared by more photos in the second; the least of
+  `--tries` runs), against Pillow's own floor for that photo (decode the input, decode the
+  API's result, encode the output in that format; the least of three tries in this process):
+  other work on the machine only ever adds to either; goal <= 1.3x.
 
 Every run has a server of its own, with no task done yet: the client's figures include polling.
 
-Run: .venv/bin/python bench/photos.py [--n 8] [--formats png,jpeg,webp] [--skip-imgpipe]
+Run: .venv/bin/python bench/photos.py [--n 8] [--formats png,jpeg,webp] [--tries 2]
+[--skip-imgpipe]
 """
 
 from __future__ import annotations
@@ -123,6 +126,17 @@ def on_fresh_server(
         return run_measured(command_for(url), env)
 
 
+def with_tasks_done(
+    command_for: Callable[[str, Path], list[str]], env: dict[str, str], out: Path
+) -> tuple[float, float, float]:
+    """`run_measured` of a batch whose tasks are all done: the command run once on a server,
+    then measured a second time, with a new ledger and output folder. Every create is answered
+    1201 (its external id is taken) and looked up, and every result comes at once."""
+    with server_process(latency=1.0, concurrency=SLOTS) as url:
+        run_measured(command_for(url, out.with_name(out.name + "-first")), env)
+        return run_measured(command_for(url, out), env)
+
+
 def expand_command(url: str, inputs: Path, out: Path, fmt: str | None) -> list[str]:
     command = [*EXPAND, str(inputs), "--aspect", "16:9", "--area", "2"]
     command += ["--concurrency", str(SLOTS), "--endpoint", url, "--out", str(out), "--quiet"]
@@ -167,6 +181,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=8, help="photos in the smaller batch")
     parser.add_argument("--formats", default="png,jpeg,webp", help="output formats to time")
+    parser.add_argument("--tries", type=int, default=2, help="runs of each CPU figure")
     parser.add_argument("--skip-imgpipe", action="store_true")
     args = parser.parse_args()
     use_server_keys()
@@ -191,6 +206,13 @@ def main() -> None:
             rows.append(("kling-expand expand", count, rss, cpu, wall))
             print(f"expand  {count:3d} photos: peak {rss:7.0f} MiB  CPU {cpu:6.1f} s  "
                   f"({cpu / count:.2f} s a photo)  wall {wall:.0f} s", flush=True)  # fmt: skip
+        count, folder = 2 * args.n, batches[2 * args.n]
+        rss, cpu, wall = with_tasks_done(
+            lambda url, out: expand_command(url, folder, out, None), env, root / "out-done"
+        )
+        print(f"expand  {count:3d} photos whose tasks are done: peak {rss:7.0f} MiB  "
+              f"CPU {cpu:6.1f} s  wall {wall:.0f} s", flush=True)  # fmt: skip
+        done_peak = rss
         if not args.skip_imgpipe:
             for count, folder in batches.items():
                 out = root / f"out-imgpipe-{count}"
@@ -204,11 +226,14 @@ def main() -> None:
         for fmt in formats:
             per_photo = []
             for count, folder in batches.items():
-                out = root / f"out-{fmt}-{count}"
-                _, cpu, _ = on_fresh_server(
-                    partial(expand_command, inputs=folder, out=out, fmt=fmt), env
-                )
-                per_photo.append(cpu / count)
+                runs = []
+                for attempt in range(args.tries):
+                    out = root / f"out-{fmt}-{count}-{attempt}"
+                    _, cpu, _ = on_fresh_server(
+                        partial(expand_command, inputs=folder, out=out, fmt=fmt), env
+                    )
+                    runs.append(cpu / count)
+                per_photo.append(min(runs))
             result = next(p for p in sorted(out.iterdir()) if p.suffix != ".html")
             with Image.open(result) as image:
                 image.load()
@@ -223,6 +248,10 @@ def main() -> None:
                 print(f"  {name}: peak {rss1:.0f} MiB for {n1}, {rss2:.0f} MiB for {n2}: "
                       f"ratio {rss2 / rss1:.2f} (goal <= 1.1), max {max(rss1, rss2) / 1024:.2f} "
                       "GiB (goal <= 2)")  # fmt: skip
+        first_expand = next(row for row in rows if row[0] == "kling-expand expand")
+        print(f"  kling-expand expand, {2 * args.n} photos whose tasks are done: peak "
+              f"{done_peak:.0f} MiB, {done_peak / first_expand[2]:.2f} x the peak for "
+              f"{first_expand[1]}")  # fmt: skip
         print("CPU per photo against Pillow's floor (decode input + decode result + encode):")
         for fmt, per_photo, floor in cpu_rows:
             figures = ", ".join(
