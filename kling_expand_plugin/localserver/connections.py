@@ -1,16 +1,20 @@
 """The listening socket: one thread per connection, at most `max_connections` at once.
 
 A connection beyond the limit waits up to `connection_wait` seconds for a free thread, then is
-answered 5001 (HTTP 503) and closed, from the accepting thread.
+answered 5001 (HTTP 503) and closed. It waits in a queue that one thread serves in turn, each
+connection until its own deadline, so the accepting thread never waits: a queue of them does
+not make the last wait for all the others.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import queue
 import socket
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +37,8 @@ class BoundedHTTPServer(ThreadingHTTPServer):
     ) -> None:
         self.app = app
         self._slots = threading.BoundedSemaphore(app.max_connections)
+        self._waiting: queue.Queue[tuple[Any, Any, float]] = queue.Queue(self.request_queue_size)
+        self._closed = threading.Event()
         self._counts_lock = threading.Lock()
         self._open = 0
         self._most_open = 0
@@ -40,6 +46,7 @@ class BoundedHTTPServer(ThreadingHTTPServer):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, handler)
+        threading.Thread(target=self._serve_waiting, name="kling-local-wait", daemon=True).start()
 
     def connection_counts(self) -> dict[str, int]:
         with self._counts_lock:
@@ -51,14 +58,33 @@ class BoundedHTTPServer(ThreadingHTTPServer):
             }
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        # Waiting here holds up accepting, which is the point: the next connections wait in
-        # the kernel's queue until a handler thread is free.
-        if not self._slots.acquire(timeout=self.app.connection_wait):
-            with self._counts_lock:
-                self._refused += 1
-            _refuse_busy(request, self.app.max_connections)
-            self.shutdown_request(request)
+        if self._waiting.empty() and self._slots.acquire(blocking=False):
+            self._start(request, client_address)
             return
+        deadline = time.monotonic() + self.app.connection_wait
+        try:
+            self._waiting.put_nowait((request, client_address, deadline))
+        except queue.Full:
+            self._refuse(request)
+
+    def _serve_waiting(self) -> None:
+        """Each waiting connection in turn: served when a thread comes free before its deadline,
+        refused after it."""
+        while not self._closed.is_set():
+            try:
+                request, client_address, deadline = self._waiting.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if not self._slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                self._refuse(request)
+            elif self._closed.is_set():
+                self._slots.release()
+                self.shutdown_request(request)
+            else:
+                self._start(request, client_address)
+
+    def _start(self, request: Any, client_address: Any) -> None:
+        """Serve a connection on a thread of its own; its slot is already taken."""
         with self._counts_lock:
             self._open += 1
             self._most_open = max(self._most_open, self._open)
@@ -67,6 +93,22 @@ class BoundedHTTPServer(ThreadingHTTPServer):
         except BaseException:
             self._release()
             raise
+
+    def _refuse(self, request: Any) -> None:
+        with self._counts_lock:
+            self._refused += 1
+        _refuse_busy(request, self.app.max_connections)
+        self.shutdown_request(request)
+
+    def server_close(self) -> None:
+        self._closed.set()
+        super().server_close()
+        while True:
+            try:
+                request, _, _ = self._waiting.get_nowait()
+            except queue.Empty:
+                return
+            self.shutdown_request(request)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
@@ -89,9 +131,10 @@ class BoundedHTTPServer(ThreadingHTTPServer):
 
 
 def _refuse_busy(connection: socket.socket, limit: int) -> None:
-    """Answer 5001 (HTTP 503) on a connection beyond the limit, from the accepting thread.
+    """Answer 5001 (HTTP 503) on a connection beyond the limit.
 
-    It must not block that thread: a short timeout, and what the client already sent is
+    It must not hold up the thread that refuses (the one serving the queue, or the accepting
+    one when the queue is full): a short timeout, and what the client already sent is
     read (without waiting) so that closing does not reset the connection under the answer.
     """
     message = f"server busy: all {limit} connections are in use; retry"

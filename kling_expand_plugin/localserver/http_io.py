@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 import uuid
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -100,18 +101,30 @@ class EnvelopeHandler(BaseHTTPRequestHandler):
     def _discard_unread(self) -> None:
         """After the answer: read and drop a body nobody needed, a piece at a time.
 
-        So the client, which may still be sending it, gets the answer rather than a reset.
+        So the client, which may still be sending it, gets the answer rather than a reset. A
+        body that has not all come within `drain_timeout` seconds (a client sending it a byte
+        at a time would hold a connection for good) is cut off: the connection closes.
         """
         length, self._unread = self._unread, 0
+        if not length:
+            return
+        deadline = time.monotonic() + self.app.drain_timeout
         try:
             while length > 0:
-                chunk = self.rfile.read(min(length, CHUNK))
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.close_connection = True
+                    return
+                self.connection.settimeout(left)
+                chunk = self.rfile.read1(min(length, CHUNK))  # one read: bounded by `left`
                 if not chunk:
                     self.close_connection = True
                     return
                 length -= len(chunk)
         except OSError:
             self.close_connection = True
+        finally:
+            self.connection.settimeout(self.timeout)
 
     # Writing
 

@@ -12,7 +12,8 @@ Routes:
 Resources are bounded: at most `max_connections` connections are served at once (each on its
 own thread; one more waits up to `connection_wait` seconds for a free one, then is answered
 5001, HTTP 503, and closed); request bodies held in memory total at most `max_buffered_bytes`;
-auth and Content-Length are checked before a body is read; results are streamed from files.
+auth and Content-Length are checked before a body is read, and a refused body is dropped as it
+comes for at most `drain_timeout` seconds; results are streamed from files.
 
 This module holds the server's settings, start and stop, and stats; `routes` answers the
 requests, `http_io` reads their bodies and writes the answers, `connections` bounds the
@@ -85,6 +86,7 @@ class LocalServer:
         max_buffered_bytes: int = MAX_BUFFERED_BYTES,
         body_wait: float = 5.0,
         connection_wait: float = CONNECTION_WAIT,
+        drain_timeout: float = 5.0,
     ) -> None:
         """`accept_reused_ids`: a create whose external_task_id is already used makes a new
         paid task (the contract does not promise Kling refuses it) instead of answering 1201,
@@ -94,7 +96,9 @@ class LocalServer:
         `data`, as real clients read it; "list" answers a list of one task, as the
         documentation's example shows. `body_wait`: seconds a create waits for room among
         `max_buffered_bytes` before answering 5001 (HTTP 503); `connection_wait`: seconds a
-        connection beyond `max_connections` waits for a free one before the same answer."""
+        connection beyond `max_connections` waits for a free one before the same answer;
+        `drain_timeout`: seconds the rest of a refused body may take to come (it is read and
+        dropped, so that the client sees the answer) before the connection is closed."""
         if fill_method not in METHODS:
             raise ValueError(f"unknown fill method {fill_method!r}; known: {', '.join(METHODS)}")
         if query_shape not in QUERY_SHAPES:
@@ -117,6 +121,7 @@ class LocalServer:
         self.query_shape = query_shape
         self.max_connections = max_connections
         self.connection_wait = connection_wait
+        self.drain_timeout = drain_timeout
         self.body_budget = ByteBudget(max_buffered_bytes)
         self.body_wait = body_wait
         self._scheduler = Scheduler()

@@ -3,6 +3,7 @@ a bounded number of connections and threads, and URL fetches with a deadline and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -129,6 +130,26 @@ def test_a_refused_body_is_discarded_and_the_connection_kept(api):
     assert api.server.stats()["connections"]["max_open"] == 1  # one keep-alive connection
 
 
+def test_a_refused_body_dripped_slowly_is_cut_off(make_api):
+    api = make_api(drain_timeout=0.5)
+    with _connect(api.server) as connection:
+        connection.sendall(_post_head(10_000_000, "not-a-jwt") + b"x" * 1000)
+        status, payload = _answer(connection)
+        assert (status, payload["code"]) == (401, 1002)
+        started = time.monotonic()
+        with pytest.raises(OSError):  # the server closes: a send meets a reset
+            for _ in range(100):  # a byte every 0.05 s: 5 s if it never closed
+                connection.sendall(b"x")
+                time.sleep(0.05)
+                connection.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    if connection.recv(1) == b"":
+                        raise ConnectionResetError("closed")
+                connection.setblocking(True)
+        assert time.monotonic() - started < 4
+    wait_until(lambda: api.server.stats()["connections"]["open"] == 0)
+
+
 # Bounded connections and threads
 
 
@@ -150,6 +171,25 @@ def test_connections_beyond_the_limit_wait_then_get_5001(make_api):
     wait_until(lambda: api.server.stats()["connections"]["open"] == 0, timeout=10)
     stats = requests.get(api.url + "/local/stats", timeout=5).json()
     assert stats["connections"]["max_open"] == 2 and stats["connections"]["refused"] >= 1
+
+
+def test_while_every_connection_stays_busy_the_next_ones_are_refused_at_once(make_api):
+    api = make_api(max_connections=2, connection_wait=1.0)
+    idle = [_connect(api.server) for _ in range(2)]
+    wait_until(lambda: api.server.stats()["connections"]["open"] == 2)
+    extras = [_connect(api.server) for _ in range(6)]
+    started = time.monotonic()
+    for extra in extras:
+        extra.sendall(b"GET /local/stats HTTP/1.1\r\nHost: x\r\n\r\n")
+    answers = [_answer(extra)[0] for extra in extras]
+    elapsed = time.monotonic() - started
+    assert answers == [503] * 6
+    assert elapsed < 3  # one wait of 1 s, not six in turn
+    idle.pop().close()  # a thread comes free: the next connection waits for it again
+    response = requests.get(api.url + "/local/stats", timeout=5)
+    assert response.status_code == 200
+    for connection in idle + extras:
+        connection.close()
 
 
 def test_a_waiting_connection_is_served_when_one_frees(make_api):
