@@ -233,6 +233,8 @@ def main() -> None:
                         partial(expand_command, inputs=folder, out=out, fmt=fmt), env
                     )
                     runs.append(cpu / count)
+                print(f"{fmt:7s} {count:3d} photos: CPU a photo, each try: "
+                      f"{', '.join(f'{run:.2f}' for run in runs)} s", flush=True)  # fmt: skip
                 per_photo.append(min(runs))
             result = next(p for p in sorted(out.iterdir()) if p.suffix != ".html")
             with Image.open(result) as image:
