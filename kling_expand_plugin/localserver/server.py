@@ -30,6 +30,7 @@ from types import TracebackType
 from typing import Any
 
 from kling_expand_plugin.imaging.fill import METHODS
+from kling_expand_plugin.imaging.memory import return_large_buffers
 from kling_expand_plugin.kling.auth import Credentials
 from kling_expand_plugin.localserver.auth import TokenChecker
 from kling_expand_plugin.localserver.budget import ByteBudget
@@ -174,6 +175,7 @@ class LocalServer:
         """Bind and serve on a background thread; returns self."""
         if self._httpd is not None:
             raise RuntimeError("server already started")
+        return_large_buffers()  # each render's canvases go back to the system, as the stage's do
         self._httpd = BoundedHTTPServer(self, (self.host, self._requested_port), KlingHandler)
         self._scheduler.start()
         self._callbacks.start()
