@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import gc
 import io
 import json
 import os
 import subprocess
 import sys
 import time
+import tracemalloc
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -47,6 +49,7 @@ class Hostile(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     hits: collections.Counter[str] = collections.Counter()
     photo = png((400, 300))
+    half = b"\0" * 2_000_000
 
     def do_GET(self) -> None:
         path = self.path.partition("?")[0]
@@ -115,6 +118,13 @@ class Hostile(BaseHTTPRequestHandler):
             time.sleep(0.6)
         time.sleep(HANDLER_SECONDS)
 
+    def serve_half_png(self) -> None:
+        """Half of a 4 MB body, then silence."""
+        self.start(2 * len(self.half))
+        self.wfile.write(self.half)
+        self.wfile.flush()
+        time.sleep(HANDLER_SECONDS)
+
     def serve_huge_png(self) -> None:
         self.start(10**12)
         self.wfile.write(self.photo)
@@ -180,6 +190,21 @@ def test_a_url_is_fetched_once_however_often_it_is_read(server):
             gone.read_bytes()
     assert good.replace(key="c").read_bytes() == Hostile.photo
     assert Hostile.hits == {"/photo.png": 1, "/gone.png": 1}
+
+
+def test_a_failed_fetch_keeps_nothing_of_what_it_read(server):
+    item = Item("a", server + "/half.png", url_limits=UrlLimits(deadline=1.0))
+    gc.disable()  # what a reference cycle holds stays held
+    tracemalloc.start()
+    try:
+        for _ in range(2):  # failed, then the failure said again
+            with pytest.raises(FetchError, match="deadline"):
+                item.read_bytes()
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+    assert held < 500_000  # the 2 MB read before the stall are let go
 
 
 def test_a_signed_url_is_redacted_in_keys_reprs_and_errors(server):

@@ -29,7 +29,8 @@ class Item:
     metadata: dict[str, Any] = field(default_factory=dict)
     url_limits: UrlLimits = field(default=DEFAULT_URL_LIMITS, compare=False)
     """How long and how large the fetch of a URL `image` may be."""
-    _fetched: bytes | FetchError | None = field(default=None, init=False, compare=False)
+    _fetched: bytes | None = field(default=None, init=False, compare=False)
+    _fetch_failure: str | None = field(default=None, init=False, compare=False)
 
     @property
     def is_url(self) -> bool:
@@ -48,15 +49,15 @@ class Item:
         if isinstance(self.image, bytes):
             return self.image
         if self.is_url:
-            if self._fetched is None:
+            if self._fetched is None and self._fetch_failure is None:
                 try:
                     self._fetched = fetch(str(self.image), self.url_limits)
                 except FetchError as error:
-                    # Kept without its traceback and raised anew: one kept with its frames
-                    # would hold this item in a reference cycle.
-                    self._fetched = error.with_traceback(None)
-            if isinstance(self._fetched, FetchError):
-                raise FetchError(*self._fetched.args)
+                    # Only its message is kept: the error's traceback and context hold the
+                    # fetch's frames (what it had read of the body) in a reference cycle.
+                    self._fetch_failure = str(error)
+            if self._fetched is None:
+                raise FetchError(self._fetch_failure)
             return self._fetched
         return Path(self.image).read_bytes()
 

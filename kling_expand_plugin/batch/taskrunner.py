@@ -280,7 +280,7 @@ class TaskRunner:
                 work_id,
                 image.index,
                 functools.partial(self._download, task, image, max_bytes),
-            )  # streamed into the ledger's file: never whole in memory
+            )  # streamed into the ledger's file (SQLite): never whole in memory
             for image in task.images
         ]
         return Outcome(

@@ -1,16 +1,17 @@
 """The listening socket: one thread per connection, at most `max_connections` at once.
 
 A connection beyond the limit waits up to `connection_wait` seconds for a free thread, then is
-answered 5001 (HTTP 503) and closed. It waits in a queue that one thread serves in turn, each
-connection until its own deadline, so the accepting thread never waits: a queue of them does
-not make the last wait for all the others.
+answered 5001 (HTTP 503) and closed. It waits in a queue (of at most `request_queue_size`;
+beyond that it is refused at once) that one thread serves in turn, each connection until its
+own deadline, so the accepting thread never waits: a queue of them does not make the last wait
+for all the others, and none jumps the queue.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
-import queue
 import socket
 import sys
 import threading
@@ -30,26 +31,29 @@ class BoundedHTTPServer(ThreadingHTTPServer):
     """Serves `app` with `handler`; counts open, most open and refused connections."""
 
     daemon_threads = True
-    request_queue_size = 128  # connections waiting in the kernel while every slot is busy
+    request_queue_size = 128  # connections waiting (in the kernel, then in `_waiting`) at most
 
     def __init__(
         self, app: LocalServer, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]
     ) -> None:
         self.app = app
-        self._slots = threading.BoundedSemaphore(app.max_connections)
-        self._waiting: queue.Queue[tuple[Any, Any, float]] = queue.Queue(self.request_queue_size)
-        self._closed = threading.Event()
-        self._counts_lock = threading.Lock()
+        self._changed = threading.Condition()  # guards what follows; notified when it changes
+        self._free = app.max_connections  # handler threads that may still start
+        self._waiting: collections.deque[tuple[Any, Any, float]] = collections.deque()
+        self._closed = False
         self._open = 0
         self._most_open = 0
         self._refused = 0
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, handler)
-        threading.Thread(target=self._serve_waiting, name="kling-local-wait", daemon=True).start()
+        self._waiter = threading.Thread(
+            target=self._serve_waiting, name="kling-local-wait", daemon=True
+        )
+        self._waiter.start()
 
     def connection_counts(self) -> dict[str, int]:
-        with self._counts_lock:
+        with self._changed:
             return {
                 "open": self._open,
                 "max_open": self._most_open,
@@ -58,36 +62,54 @@ class BoundedHTTPServer(ThreadingHTTPServer):
             }
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if self._waiting.empty() and self._slots.acquire(blocking=False):
+        with self._changed:
+            serve = not self._waiting and self._take_slot()
+            queued = not serve and len(self._waiting) < self.request_queue_size
+            if queued:
+                deadline = time.monotonic() + self.app.connection_wait
+                self._waiting.append((request, client_address, deadline))
+                self._changed.notify_all()
+        if serve:
             self._start(request, client_address)
-            return
-        deadline = time.monotonic() + self.app.connection_wait
-        try:
-            self._waiting.put_nowait((request, client_address, deadline))
-        except queue.Full:
+        elif not queued:
             self._refuse(request)
 
     def _serve_waiting(self) -> None:
         """Each waiting connection in turn: served when a thread comes free before its deadline,
         refused after it."""
-        while not self._closed.is_set():
+        while True:
+            with self._changed:
+                while not self._closed and not self._next_is_due():
+                    wait = self._waiting[0][2] - time.monotonic() if self._waiting else None
+                    self._changed.wait(wait)
+                if self._closed:
+                    return
+                request, client_address, _ = self._waiting.popleft()
+                serve = self._take_slot()
             try:
-                request, client_address, deadline = self._waiting.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            if not self._slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
-                self._refuse(request)
-            elif self._closed.is_set():
-                self._slots.release()
+                if serve:
+                    self._start(request, client_address)
+                else:
+                    self._refuse(request)
+            except Exception:  # say, no thread could be started: this connection alone fails
+                self.handle_error(request, client_address)
                 self.shutdown_request(request)
-            else:
-                self._start(request, client_address)
+
+    def _next_is_due(self) -> bool:
+        """Whether the first waiting connection can be served, or its wait is over."""
+        return bool(self._waiting) and (self._free > 0 or self._waiting[0][2] <= time.monotonic())
+
+    def _take_slot(self) -> bool:
+        """Take a free handler thread, if there is one (`_changed` held)."""
+        if self._free == 0:
+            return False
+        self._free -= 1
+        self._open += 1
+        self._most_open = max(self._most_open, self._open)
+        return True
 
     def _start(self, request: Any, client_address: Any) -> None:
         """Serve a connection on a thread of its own; its slot is already taken."""
-        with self._counts_lock:
-            self._open += 1
-            self._most_open = max(self._most_open, self._open)
         try:
             super().process_request(request, client_address)
         except BaseException:
@@ -95,19 +117,19 @@ class BoundedHTTPServer(ThreadingHTTPServer):
             raise
 
     def _refuse(self, request: Any) -> None:
-        with self._counts_lock:
+        with self._changed:
             self._refused += 1
         _refuse_busy(request, self.app.max_connections)
         self.shutdown_request(request)
 
     def server_close(self) -> None:
-        self._closed.set()
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+            waiting, self._waiting = list(self._waiting), collections.deque()
         super().server_close()
-        while True:
-            try:
-                request, _, _ = self._waiting.get_nowait()
-            except queue.Empty:
-                return
+        self._waiter.join(timeout=5)
+        for request, _, _ in waiting:
             self.shutdown_request(request)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
@@ -117,9 +139,10 @@ class BoundedHTTPServer(ThreadingHTTPServer):
             self._release()
 
     def _release(self) -> None:
-        with self._counts_lock:
+        with self._changed:
             self._open -= 1
-        self._slots.release()
+            self._free += 1
+            self._changed.notify_all()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that went away mid-request is routine; anything else is logged, not printed."""

@@ -41,7 +41,7 @@ def test_download_into_a_file_streams_and_replaces_what_a_failed_try_wrote(make_
     big = buffer.getvalue()  # about 5.8 MB
     answers = sequence(Answer(200, big, cut_at=100_000), Answer(200, big))
     with scripted_server(answers) as (url, server), open(tmp_path / "r.png", "w+b") as sink:
-        sink.write(b"left over" * 100_000)
+        sink.write(b"left over" * 1_000_000)  # longer than the image: must be cut off
         tracemalloc.start()
         try:
             make_client(url).download_into(url + "/r.png", sink)

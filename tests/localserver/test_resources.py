@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import socketserver
 import threading
 import time
 from collections.abc import Iterator
@@ -190,6 +191,52 @@ def test_while_every_connection_stays_busy_the_next_ones_are_refused_at_once(mak
     assert response.status_code == 200
     for connection in idle + extras:
         connection.close()
+
+
+def test_a_waiting_connection_that_cannot_be_served_fails_alone(make_api, monkeypatch):
+    api = make_api(max_connections=1, connection_wait=1.0)
+    busy = _connect(api.server)
+    wait_until(lambda: api.server.stats()["connections"]["open"] == 1)
+    start = socketserver.ThreadingMixIn.process_request
+    failures = iter([RuntimeError("can't start new thread")])
+
+    def start_or_fail(server, request, address):
+        for error in failures:
+            raise error
+        start(server, request, address)
+
+    monkeypatch.setattr(socketserver.ThreadingMixIn, "process_request", start_or_fail)
+    with _connect(api.server) as unlucky:
+        unlucky.sendall(b"GET /local/stats HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.2)  # it waits in the queue
+        busy.close()  # a thread comes free, but none can be started for it
+        unlucky.settimeout(5)
+        with contextlib.suppress(ConnectionResetError):
+            assert unlucky.recv(1024) == b""  # closed, unanswered
+    busy = _connect(api.server)  # takes the free thread
+    wait_until(lambda: api.server.stats()["connections"]["open"] == 1)
+    with _connect(api.server) as extra:  # waits, and is still answered
+        extra.sendall(b"GET /local/stats HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _answer(extra)[0] == 503
+    busy.close()
+
+
+def test_stopping_closes_waiting_connections_and_ends_the_waiting_thread(make_api):
+    api = make_api(max_connections=1, connection_wait=30.0)
+    busy = _connect(api.server)
+    wait_until(lambda: api.server.stats()["connections"]["open"] == 1)
+    waiting = _connect(api.server)
+    waiting.sendall(b"GET /local/stats HTTP/1.1\r\nHost: x\r\n\r\n")
+    time.sleep(0.2)
+    started = time.monotonic()
+    api.server.stop()
+    assert time.monotonic() - started < 10  # not the 30 s the connection may wait
+    assert not any(thread.name == "kling-local-wait" for thread in threading.enumerate())
+    waiting.settimeout(5)
+    with contextlib.suppress(ConnectionResetError):
+        assert waiting.recv(1024) == b""
+    busy.close()
+    waiting.close()
 
 
 def test_a_waiting_connection_is_served_when_one_frees(make_api):
