@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import socket
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler
@@ -39,7 +40,7 @@ class EnvelopeHandler(BaseHTTPRequestHandler):
     server: BoundedHTTPServer
     protocol_version = "HTTP/1.1"
     default_request_version = "HTTP/1.1"  # answer even a garbled request line with a status line
-    timeout = 30  # seconds a client may stall mid-request
+    timeout = 30  # seconds a client may stall mid-request, or keep an idle connection
     disable_nagle_algorithm = True  # headers and body go out in two writes
     server_version = "KlingLocal/1"
     _unread = 0  # body bytes announced and not read yet
@@ -47,6 +48,22 @@ class EnvelopeHandler(BaseHTTPRequestHandler):
     @property
     def app(self) -> LocalServer:
         return self.server.app
+
+    def setup(self) -> None:
+        super().setup()
+        self._reader = _HeaderDeadline(self.connection, self.app.header_timeout)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def handle_one_request(self) -> None:
+        self._reader.next_request()
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        try:
+            return super().parse_request()
+        finally:  # the headers are in: what follows has the usual timeout
+            self._reader.headers_done()
+            self.connection.settimeout(self.timeout)
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
@@ -158,6 +175,39 @@ class EnvelopeHandler(BaseHTTPRequestHandler):
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
+
+
+class _HeaderDeadline(io.RawIOBase):
+    """The connection's bytes, with a deadline for each request's line and headers: once its
+    first byte has come, they must all come within `limit` seconds. A client sending them a byte
+    at a time would otherwise hold a thread for good (each read has a timeout, the whole none);
+    an idle connection between requests is left to the handler's timeout."""
+
+    def __init__(self, connection: socket.socket, limit: float) -> None:
+        self._connection = connection
+        self._limit = limit
+        self._in_headers = True
+        self._deadline: float | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def next_request(self) -> None:
+        self._in_headers, self._deadline = True, None
+
+    def headers_done(self) -> None:
+        self._in_headers = False
+
+    def readinto(self, buffer: Any) -> int:
+        if self._in_headers and self._deadline is not None:
+            left = self._deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"request line and headers not all in within {self._limit:g} s")
+            self._connection.settimeout(left)
+        count = self._connection.recv_into(buffer)
+        if self._in_headers and self._deadline is None and count:
+            self._deadline = time.monotonic() + self._limit
+        return count
 
 
 def _copy(source: BinaryIO, target: io.BufferedIOBase, length: int) -> None:

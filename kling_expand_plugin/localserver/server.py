@@ -13,7 +13,8 @@ Resources are bounded: at most `max_connections` connections are served at once 
 own thread; one more waits up to `connection_wait` seconds for a free one, then is answered
 5001, HTTP 503, and closed); request bodies held in memory total at most `max_buffered_bytes`;
 auth and Content-Length are checked before a body is read, and a refused body is dropped as it
-comes for at most `drain_timeout` seconds; results are streamed from files.
+comes for at most `drain_timeout` seconds; a request's line and headers must come within
+`header_timeout` seconds; results are streamed from files.
 
 This module holds the server's settings, start and stop, and stats; `routes` answers the
 requests, `http_io` reads their bodies and writes the answers, `connections` bounds the
@@ -88,6 +89,7 @@ class LocalServer:
         body_wait: float = 5.0,
         connection_wait: float = CONNECTION_WAIT,
         drain_timeout: float = 5.0,
+        header_timeout: float = 10.0,
     ) -> None:
         """`accept_reused_ids`: a create whose external_task_id is already used makes a new
         paid task (the contract does not promise Kling refuses it) instead of answering 1201,
@@ -99,7 +101,9 @@ class LocalServer:
         `max_buffered_bytes` before answering 5001 (HTTP 503); `connection_wait`: seconds a
         connection beyond `max_connections` waits for a free one before the same answer;
         `drain_timeout`: seconds the rest of a refused body may take to come (it is read and
-        dropped, so that the client sees the answer) before the connection is closed."""
+        dropped, so that the client sees the answer) before the connection is closed;
+        `header_timeout`: seconds a request's line and headers may take to come, from their
+        first byte, before the connection is closed."""
         if fill_method not in METHODS:
             raise ValueError(f"unknown fill method {fill_method!r}; known: {', '.join(METHODS)}")
         if query_shape not in QUERY_SHAPES:
@@ -123,6 +127,7 @@ class LocalServer:
         self.max_connections = max_connections
         self.connection_wait = connection_wait
         self.drain_timeout = drain_timeout
+        self.header_timeout = header_timeout
         self.body_budget = ByteBudget(max_buffered_bytes)
         self.body_wait = body_wait
         self._scheduler = Scheduler()

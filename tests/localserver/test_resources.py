@@ -54,6 +54,26 @@ def _answer(connection: socket.socket, timeout: float = 5.0) -> tuple[int, dict]
     return int(head.split()[1]), json.loads(body[:length])
 
 
+def _closed_while_dripping(connection: socket.socket, pieces: list[bytes], every: float) -> bool:
+    """Send the pieces `every` seconds apart until the server closes the connection; whether
+    it did."""
+    try:
+        for piece in pieces:
+            connection.sendall(piece)
+            time.sleep(every)
+            connection.setblocking(False)
+            try:
+                if connection.recv(1) == b"":
+                    return True
+            except BlockingIOError:
+                pass
+            finally:
+                connection.setblocking(True)
+    except OSError:  # a send met the reset of a closed connection
+        return True
+    return False
+
+
 def _post_head(length: int, token: str) -> bytes:
     return (
         f"POST {EXPAND} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
@@ -138,17 +158,24 @@ def test_a_refused_body_dripped_slowly_is_cut_off(make_api):
         status, payload = _answer(connection)
         assert (status, payload["code"]) == (401, 1002)
         started = time.monotonic()
-        with pytest.raises(OSError):  # the server closes: a send meets a reset
-            for _ in range(100):  # a byte every 0.05 s: 5 s if it never closed
-                connection.sendall(b"x")
-                time.sleep(0.05)
-                connection.setblocking(False)
-                with contextlib.suppress(BlockingIOError):
-                    if connection.recv(1) == b"":
-                        raise ConnectionResetError("closed")
-                connection.setblocking(True)
+        assert _closed_while_dripping(connection, [b"x"] * 100, every=0.05)  # 5 s if not
         assert time.monotonic() - started < 4
     wait_until(lambda: api.server.stats()["connections"]["open"] == 0)
+
+
+def test_headers_dripped_slowly_are_cut_off_but_an_idle_connection_is_kept(make_api):
+    api = make_api(header_timeout=1.0)
+    with _connect(api.server) as idle, _connect(api.server) as slow:
+        idle.sendall(b"GET /local/stats HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _answer(idle)[0] == 200
+        slow.sendall(b"GET /local/stats HTTP/1.1\r\n")
+        started = time.monotonic()
+        headers = [f"X-Drip-{number}: 1\r\n".encode() for number in range(100)]
+        assert _closed_while_dripping(slow, headers, every=0.2)  # 20 s if not
+        assert time.monotonic() - started < 5
+        time.sleep(0.5)  # idle for longer than the header deadline, in all
+        idle.sendall(b"GET /local/stats HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _answer(idle)[0] == 200
 
 
 # Bounded connections and threads
