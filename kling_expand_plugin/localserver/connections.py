@@ -38,7 +38,6 @@ class BoundedHTTPServer(ThreadingHTTPServer):
     ) -> None:
         self.app = app
         self._changed = threading.Condition()  # guards what follows; notified when it changes
-        self._free = app.max_connections  # handler threads that may still start
         self._waiting: collections.deque[tuple[Any, Any, float]] = collections.deque()
         self._closed = False
         self._open = 0
@@ -97,13 +96,14 @@ class BoundedHTTPServer(ThreadingHTTPServer):
 
     def _next_is_due(self) -> bool:
         """Whether the first waiting connection can be served, or its wait is over."""
-        return bool(self._waiting) and (self._free > 0 or self._waiting[0][2] <= time.monotonic())
+        return bool(self._waiting) and (
+            self._open < self.app.max_connections or self._waiting[0][2] <= time.monotonic()
+        )
 
     def _take_slot(self) -> bool:
         """Take a free handler thread, if there is one (`_changed` held)."""
-        if self._free == 0:
+        if self._open == self.app.max_connections:
             return False
-        self._free -= 1
         self._open += 1
         self._most_open = max(self._most_open, self._open)
         return True
@@ -141,7 +141,6 @@ class BoundedHTTPServer(ThreadingHTTPServer):
     def _release(self) -> None:
         with self._changed:
             self._open -= 1
-            self._free += 1
             self._changed.notify_all()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
